@@ -1,0 +1,1 @@
+from cvpipe._native import Video

@@ -1,0 +1,116 @@
+#include "coviar_maths.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+namespace cvpipe {
+namespace {
+
+// Calls paint(dst, src, dx, dy) (flat pixel indices, src = dst + (dx, dy)) for every pixel CoViAR paints: each
+// vector covers [dst - w/2, dst + w/2) x [dst - h/2, dst + h/2), a pixel is painted only if
+// it and its source both lie inside the frame, and vectors with src == dst are skipped.
+// Later vectors overwrite earlier ones, in export order.
+template <class Paint>
+void for_each_painted(const FrameVectors& vectors, int width, int height, Paint paint) {
+  for (size_t i = 0; i < vectors.count; ++i) {
+    const AVMotionVector& mv = vectors.data[i];
+    const int dx = mv.src_x - mv.dst_x, dy = mv.src_y - mv.dst_y;
+    if (dx == 0 && dy == 0) continue;
+    const int x0 = std::max({mv.dst_x - mv.w / 2, 0, -dx});
+    const int x1 = std::min({mv.dst_x + mv.w / 2, width, width - dx});
+    const int y0 = std::max({mv.dst_y - mv.h / 2, 0, -dy});
+    const int y1 = std::min({mv.dst_y + mv.h / 2, height, height - dy});
+    for (int y = y0; y < y1; ++y) {
+      for (int x = x0; x < x1; ++x) paint(y * width + x, (y + dy) * width + (x + dx), dx, dy);
+    }
+  }
+}
+
+}  // namespace
+
+FrameVectors vectors_of(const AVFrame& frame) {
+  const AVFrameSideData* sd = av_frame_get_side_data(&frame, AV_FRAME_DATA_MOTION_VECTORS);
+  if (!sd) return {};
+  return {reinterpret_cast<const AVMotionVector*>(sd->data), sd->size / sizeof(AVMotionVector)};
+}
+
+BgrConverter::BgrConverter(int width, int height)
+    : width_(width), height_(height), staging_stride_(((width * 3 + 63) / 64) * 64) {
+  sws_.reset(sws_getContext(width, height, AV_PIX_FMT_YUV420P, width, height, AV_PIX_FMT_BGR24, SWS_BICUBIC,
+                            nullptr, nullptr, nullptr));
+  if (!sws_) throw std::runtime_error("swscale cannot convert YUV420P to BGR24 at this size");
+  staging_.resize(static_cast<size_t>(staging_stride_) * (height + 1));
+}
+
+void BgrConverter::convert(const AVFrame& frame, uint8_t* bgr) {
+  uint8_t* dst[4] = {staging_.data(), nullptr, nullptr, nullptr};
+  int dst_stride[4] = {staging_stride_, 0, 0, 0};
+  sws_scale(sws_.get(), frame.data, frame.linesize, 0, height_, dst, dst_stride);
+  const size_t row = static_cast<size_t>(width_) * 3;
+  for (int y = 0; y < height_; ++y) std::memcpy(bgr + y * row, staging_.data() + y * staging_stride_, row);
+}
+
+MotionTrace::MotionTrace(int width, int height)
+    : width_(width), height_(height), sx_(width * height), sy_(width * height), next_x_(width * height),
+      next_y_(width * height) {
+  reset();
+}
+
+void MotionTrace::reset() {
+  for (int y = 0; y < height_; ++y) {
+    for (int x = 0; x < width_; ++x) {
+      sx_[y * width_ + x] = static_cast<int16_t>(x);
+      sy_[y * width_ + x] = static_cast<int16_t>(y);
+    }
+  }
+}
+
+void MotionTrace::step(const FrameVectors& vectors) {
+  next_x_ = sx_;
+  next_y_ = sy_;
+  for_each_painted(vectors, width_, height_, [&](int dst, int src, int, int) {
+    next_x_[dst] = sx_[src];
+    next_y_[dst] = sy_[src];
+  });
+  sx_.swap(next_x_);
+  sy_.swap(next_y_);
+}
+
+void MotionTrace::write_mv(int16_t* out) const {
+  for (int y = 0, i = 0; y < height_; ++y) {
+    for (int x = 0; x < width_; ++x, ++i) {
+      out[2 * i] = static_cast<int16_t>(x - sx_[i]);
+      out[2 * i + 1] = static_cast<int16_t>(y - sy_[i]);
+    }
+  }
+}
+
+void MotionTrace::write_residual(const uint8_t* bgr, const uint8_t* iframe_bgr, int16_t* out) const {
+  const int n = width_ * height_;
+  for (int i = 0; i < n; ++i) {
+    const uint8_t* src = iframe_bgr + 3 * (sy_[i] * width_ + sx_[i]);
+    for (int c = 0; c < 3; ++c) out[3 * i + c] = static_cast<int16_t>(bgr[3 * i + c] - src[c]);
+  }
+}
+
+void paint_mv(const FrameVectors& vectors, int width, int height, int16_t* out) {
+  std::fill(out, out + 2 * width * height, int16_t{0});
+  for_each_painted(vectors, width, height, [&](int dst, int, int dx, int dy) {
+    out[2 * dst] = static_cast<int16_t>(-dx);
+    out[2 * dst + 1] = static_cast<int16_t>(-dy);
+  });
+}
+
+void residual_from_mv(const int16_t* mv, const uint8_t* bgr, const uint8_t* previous_bgr, int width, int height,
+                      int16_t* out) {
+  for (int y = 0, i = 0; y < height; ++y) {
+    for (int x = 0; x < width; ++x, ++i) {
+      const int sx = x - mv[2 * i], sy = y - mv[2 * i + 1];
+      const uint8_t* src = previous_bgr + 3 * (sy * width + sx);
+      for (int c = 0; c < 3; ++c) out[3 * i + c] = static_cast<int16_t>(bgr[3 * i + c] - src[c]);
+    }
+  }
+}
+
+}  // namespace cvpipe

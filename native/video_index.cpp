@@ -1,0 +1,154 @@
+#include "video_index.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <map>
+
+#include "bitstream.hpp"
+#include "errors.hpp"
+#include "ffmpeg_utils.hpp"
+
+namespace cvpipe {
+namespace {
+
+void check_readable(const std::string& path) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (ec || !std::filesystem::exists(status)) throw FileMissing("No such file: '" + path + "'");
+  if (std::filesystem::is_directory(status)) throw InvalidVideo("'" + path + "' is a directory, not a video");
+}
+
+std::string codec_description(AVCodecID id) {
+  const AVCodecDescriptor* d = avcodec_descriptor_get(id);
+  if (!d) return "an unknown codec";
+  return std::string(d->name) + (d->long_name ? std::string(" (") + d->long_name + ")" : "");
+}
+
+// Frame rate of a raw stream from its VOP timestamps: the most common step between
+// consecutive coded VOPs, in units of the VOL's time_increment_resolution.
+void rate_from_vop_times(const VolHeader& vol, const std::vector<VopHeader>& vops, int& num, int& den) {
+  if (vol.fixed_vop_time_increment > 0) {
+    num = vol.time_increment_resolution;
+    den = vol.fixed_vop_time_increment;
+    return;
+  }
+  std::map<long, int> steps;
+  long previous = -1, seconds = 0;
+  for (const VopHeader& v : vops) {
+    if (v.time_increment < 0) continue;
+    seconds += v.modulo_seconds;
+    const long t = seconds * vol.time_increment_resolution + v.time_increment;
+    if (previous >= 0 && t > previous) ++steps[t - previous];
+    previous = t;
+  }
+  if (steps.empty()) return;
+  const auto common = std::max_element(steps.begin(), steps.end(),
+                                       [](const auto& a, const auto& b) { return a.second < b.second; });
+  num = vol.time_increment_resolution;
+  den = static_cast<int>(common->first);
+}
+
+}  // namespace
+
+int VideoIndex::gop_of(int frame) const {
+  return static_cast<int>(std::upper_bound(gop_starts.begin(), gop_starts.end(), frame) - gop_starts.begin()) - 1;
+}
+
+int VideoIndex::gop_end(int gop) const {
+  return gop + 1 < num_gops() ? gop_starts[gop + 1] : num_frames();
+}
+
+VideoIndex index_video(const std::string& path) {
+  check_readable(path);
+
+  AVFormatContext* raw_fmt = nullptr;
+  int err = avformat_open_input(&raw_fmt, path.c_str(), nullptr, nullptr);
+  if (err < 0) throw InvalidVideo("'" + path + "' is not a video FFmpeg can open: " + av_error_string(err));
+  FormatContextPtr fmt(raw_fmt);
+
+  const int stream = av_find_best_stream(fmt.get(), AVMEDIA_TYPE_VIDEO, -1, -1, nullptr, 0);
+  if (stream < 0) throw InvalidVideo("'" + path + "' has no video stream");
+  const AVCodecParameters* par = fmt->streams[stream]->codecpar;
+  if (par->codec_id != AV_CODEC_ID_MPEG4) {
+    throw UnsupportedVideo("'" + path + "' is coded with " + codec_description(par->codec_id) +
+                           "; cvpipe extracts from MPEG-4 Part 2 only (re-encode it with `cvpipe encode`)");
+  }
+
+  VideoIndex index;
+  index.path = path;
+  index.container = fmt->iformat->name;
+  VolHeader vol;
+  std::vector<VopHeader> scratch;
+  if (par->extradata && par->extradata_size > 0) {
+    index.extradata.assign(par->extradata, par->extradata + par->extradata_size);
+    parse_headers(index.extradata.data(), index.extradata.size(), vol, scratch);
+  }
+
+  std::vector<VopHeader> all_vops;
+  PacketPtr pkt(av_packet_alloc());
+  if (!pkt) throw std::bad_alloc();
+  int frames = 0;
+  while ((err = av_read_frame(fmt.get(), pkt.get())) >= 0) {
+    if (pkt->stream_index != stream || pkt->size <= 0) {
+      av_packet_unref(pkt.get());
+      continue;
+    }
+    std::vector<VopHeader> vops;
+    parse_headers(pkt->data, pkt->size, vol, vops);
+    if (index.extradata.empty()) {
+      const size_t config = config_header_length(pkt->data, pkt->size);
+      index.extradata.assign(pkt->data, pkt->data + config);
+    }
+    const auto first_coded = std::find_if(vops.begin(), vops.end(), [](const VopHeader& v) { return v.coded; });
+    const bool starts_gop = first_coded != vops.end() && first_coded->type == 'I';
+    if (index.gop_starts.empty() && !starts_gop) {
+      ++index.leading_packets_dropped;
+      av_packet_unref(pkt.get());
+      continue;
+    }
+    if (starts_gop) {
+      index.gop_starts.push_back(frames);
+      index.gop_packets.push_back(static_cast<int>(index.packets.size()));
+    }
+    PacketSpan span{index.data.size(), static_cast<size_t>(pkt->size), 0};
+    for (const VopHeader& v : vops) {
+      if (v.type == 'B') index.has_b_frames = true;
+      if (!v.coded) continue;
+      index.frame_types.push_back(v.type);
+      ++span.frames;
+    }
+    frames += span.frames;
+    index.data.insert(index.data.end(), pkt->data, pkt->data + pkt->size);
+    index.data.insert(index.data.end(), AV_INPUT_BUFFER_PADDING_SIZE, 0);
+    index.packets.push_back(span);
+    all_vops.insert(all_vops.end(), vops.begin(), vops.end());
+    av_packet_unref(pkt.get());
+  }
+  if (err != AVERROR_EOF) {
+    throw InvalidVideo("'" + path + "': reading the container failed: " + av_error_string(err));
+  }
+
+  index.width = par->width > 0 ? par->width : vol.width;
+  index.height = par->height > 0 ? par->height : vol.height;
+  // A raw stream has no container timing, only VOP timestamps. Otherwise r_frame_rate
+  // (the container's base rate) is right where avg_frame_rate is skewed by padding
+  // packets, as in AVI remuxes; avg_frame_rate is the fallback.
+  const AVStream* st = fmt->streams[stream];
+  const AVRational rate = st->r_frame_rate.num > 0 && st->r_frame_rate.den > 0 ? st->r_frame_rate : st->avg_frame_rate;
+  if (index.container != "m4v" && rate.num > 0 && rate.den > 0) {
+    index.fps_num = rate.num;
+    index.fps_den = rate.den;
+  } else {
+    rate_from_vop_times(vol, all_vops, index.fps_num, index.fps_den);
+  }
+  if (index.num_frames() == 0) {
+    throw InvalidVideo("'" + path + "' holds no decodable MPEG-4 Part 2 frame (no I-VOP found)");
+  }
+  if (index.width <= 0 || index.height <= 0) {
+    throw InvalidVideo("'" + path + "': the stream does not state its frame size (no VOL header)");
+  }
+  return index;
+}
+
+}  // namespace cvpipe
