@@ -87,6 +87,7 @@ PYBIND11_MODULE(_native, m) {
   });
 
   PYBIND11_NUMPY_DTYPE(BlockVector, source, w, h, src_x, src_y, dst_x, dst_y, flags, motion_x, motion_y, motion_scale);
+  m.attr("BLOCK_DTYPE") = py::dtype::of<BlockVector>();
 
   py::class_<Video>(m, "Video")
       .def(py::init<const std::string&>(), py::arg("path"))

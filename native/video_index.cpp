@@ -131,16 +131,14 @@ VideoIndex index_video(const std::string& path) {
 
   index.width = par->width > 0 ? par->width : vol.width;
   index.height = par->height > 0 ? par->height : vol.height;
-  // A raw stream has no container timing, only VOP timestamps. Otherwise r_frame_rate
-  // (the container's base rate) is right where avg_frame_rate is skewed by padding
-  // packets, as in AVI remuxes; avg_frame_rate is the fallback.
+  // The stream's own VOP timestamps are authoritative (a raw stream has nothing else, and
+  // remuxed AVIs can state a doubled rate); the container's rate is the fallback.
+  rate_from_vop_times(vol, all_vops, index.fps_num, index.fps_den);
   const AVStream* st = fmt->streams[stream];
-  const AVRational rate = st->r_frame_rate.num > 0 && st->r_frame_rate.den > 0 ? st->r_frame_rate : st->avg_frame_rate;
-  if (index.container != "m4v" && rate.num > 0 && rate.den > 0) {
+  const AVRational rate = st->avg_frame_rate.num > 0 && st->avg_frame_rate.den > 0 ? st->avg_frame_rate : st->r_frame_rate;
+  if (index.fps_num <= 0 && rate.num > 0 && rate.den > 0) {
     index.fps_num = rate.num;
     index.fps_den = rate.den;
-  } else {
-    rate_from_vop_times(vol, all_vops, index.fps_num, index.fps_den);
   }
   if (index.num_frames() == 0) {
     throw InvalidVideo("'" + path + "' holds no decodable MPEG-4 Part 2 frame (no I-VOP found)");
