@@ -36,14 +36,21 @@ FrameVectors vectors_of(const AVFrame& frame) {
 }
 
 BgrConverter::BgrConverter(int width, int height)
-    : width_(width), height_(height), staging_stride_(((width * 3 + 63) / 64) * 64) {
-  sws_.reset(sws_getContext(width, height, AV_PIX_FMT_YUV420P, width, height, AV_PIX_FMT_BGR24, SWS_BICUBIC,
-                            nullptr, nullptr, nullptr));
+    : width_(width), height_(height), padded_width_((width + 15) / 16 * 16),
+      staging_stride_((padded_width_ * 3 + 63) / 64 * 64) {
+  sws_.reset(sws_getContext(padded_width_, height, AV_PIX_FMT_YUV420P, padded_width_, height, AV_PIX_FMT_BGR24,
+                            SWS_BICUBIC, nullptr, nullptr, nullptr));
   if (!sws_) throw std::runtime_error("swscale cannot convert YUV420P to BGR24 at this size");
-  staging_.resize(static_cast<size_t>(staging_stride_) * (height + 1));
+  staging_.resize(static_cast<size_t>(staging_stride_) * height);
 }
 
 void BgrConverter::convert(const AVFrame& frame, uint8_t* bgr) {
+  // Frames from another allocator might not cover the padding: then nothing is converted
+  // rather than anything read out of bounds.
+  if (frame.linesize[0] < padded_width_ || frame.linesize[1] < padded_width_ / 2 ||
+      frame.linesize[2] < padded_width_ / 2) {
+    throw std::runtime_error("decoded frame rows are narrower than their macroblocks");
+  }
   uint8_t* dst[4] = {staging_.data(), nullptr, nullptr, nullptr};
   int dst_stride[4] = {staging_stride_, 0, 0, 0};
   sws_scale(sws_.get(), frame.data, frame.linesize, 0, height_, dst, dst_stride);

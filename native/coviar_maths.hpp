@@ -22,15 +22,19 @@ struct FrameVectors {
 FrameVectors vectors_of(const AVFrame& frame);
 
 // YUV420P -> BGR24 the way CoViAR converts (swscale, bicubic), into a tight H*W*3 buffer.
+// swscale's SIMD YUV->RGB path converts whole groups of 8 pixels and leaves the last
+// W % 8 columns unwritten (CoViAR's garbage columns at width 340). The decoder's frames
+// hold whole macroblocks, so we convert a width rounded up to 16, which those buffers
+// cover, and keep the first W columns: the same values, every pixel defined.
 class BgrConverter {
  public:
   BgrConverter(int width, int height);
   void convert(const AVFrame& frame, uint8_t* bgr);
 
  private:
-  int width_, height_;
+  int width_, height_, padded_width_;
   SwsPtr sws_;
-  std::vector<uint8_t> staging_;  // aligned rows: swscale's SIMD paths may write past W*3
+  std::vector<uint8_t> staging_;
   int staging_stride_;
 };
 

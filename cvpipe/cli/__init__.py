@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `cvpipe --help` lists them.
-SUBCOMMANDS = ("info",)
+SUBCOMMANDS = ("info", "show")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,24 @@
+"""`cvpipe show VIDEO --frame N --out F.png`: draw what the extractor sees at one frame."""
+
+from __future__ import annotations
+
+import argparse
+
+import cvpipe
+from cvpipe.show import render
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("show", help="draw a frame, its motion field, accumulated MV and residual as a PNG")
+    p.add_argument("video", help="an MPEG-4 Part 2 video")
+    p.add_argument("--frame", type=int, default=None, help="frame index (default: the middle of the first GOP)")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    video = cvpipe.open(args.video)
+    frame = args.frame if args.frame is not None else video.gop_starts[0] + video.gop_size(0) // 2
+    render(video, frame, args.out)
+    print(f"wrote {args.out}: frame {frame} of {video.path}")
+    return 0
