@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from fractions import Fraction
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -20,13 +20,12 @@ UnsupportedVideoError = _native.UnsupportedVideoError
 # One exported block vector: AVMotionVector's fields (source < 0: past reference).
 BLOCK_DTYPE: np.dtype = _native.BLOCK_DTYPE
 
-# Dense per-pixel outputs, (N, H, W, C): decoded BGR frames (uint8, C=3); CoViAR motion
-# vectors dst - src (int16, C=2); CoViAR residuals BGR_t - BGR_ref (int16, C=3), each
-# per frame or accumulated back to the GOP's I-frame.
-DENSE_REPRESENTATIONS = ("bgr", "mv", "mv_accumulated", "residual", "residual_accumulated")
-# Per-frame lists: the exported block vectors (BLOCK_DTYPE) and the intra-macroblock mask.
-BLOCK_REPRESENTATIONS = ("blocks", "intra_mask")
-REPRESENTATIONS = DENSE_REPRESENTATIONS + BLOCK_REPRESENTATIONS
+# Dense per-pixel outputs, (N, H, W, C): "bgr", decoded frames (uint8, C=3); "mv", CoViAR
+# motion vectors dst - src (int16, C=2); "residual", CoViAR residuals BGR_t - BGR_ref
+# (int16, C=3); the "_accumulated" ones traced back to the GOP's I-frame. Per-frame
+# lists: "blocks", the exported block vectors (BLOCK_DTYPE), and "intra_mask", the
+# macroblocks coded without motion.
+REPRESENTATIONS: tuple[str, ...] = tuple(_native.REPRESENTATIONS) + ("intra_mask",)
 
 MACROBLOCK = 16
 
@@ -85,34 +84,53 @@ class Video:
         representations: Sequence[str] = ("bgr", "mv_accumulated", "residual_accumulated"),
         *,
         mv_only: bool = False,
+        threads: int = 1,
     ) -> dict[str, np.ndarray | list[np.ndarray]]:
-        """Extracts `representations` at `frames` (any order, repeats allowed) in one pass.
+        """Extracts the same `representations` at each of `frames`; see extract_each."""
+        frames = list(frames)
+        return self.extract_each({name: frames for name in representations}, mv_only=mv_only, threads=threads)
+
+    def extract_each(
+        self,
+        requests: Mapping[str, Iterable[int]],
+        *,
+        mv_only: bool = False,
+        threads: int = 1,
+    ) -> dict[str, np.ndarray | list[np.ndarray]]:
+        """Extracts, for each representation, its own frames, all in one decode pass.
+
+        Example: the I-frame of every GOP with the accumulated motion at every frame,
+        `extract_each({"bgr": video.gop_starts, "mv_accumulated": range(video.num_frames)})`.
 
         Args:
-            frames: frame indices in [0, num_frames).
-            representations: names from REPRESENTATIONS.
+            requests: representation name (REPRESENTATIONS) -> frame indices in
+                [0, num_frames), any order, repeats allowed; outputs follow that order.
             mv_only: decode without the inverse transform of inter blocks (FFmpeg's
                 skip_idct): faster, with identical vectors, but only motion vectors and
                 I-frame pixels are valid, so residuals and P-frame BGR are refused.
+            threads: GOPs decoded in parallel (each GOP still decoded once).
 
         Returns:
-            A dict from representation name to an array (N, H, W, C) for dense ones, or a
-            list of N arrays for "blocks" (BLOCK_DTYPE) and "intra_mask" (bool, MB grid).
+            Name -> array (N, H, W, C) for dense representations, or a list of N arrays
+            for "blocks" (BLOCK_DTYPE) and "intra_mask" (bool, macroblock grid).
         """
-        frames = [int(f) for f in frames]
-        wanted = set(representations)
-        unknown = wanted - set(REPRESENTATIONS)
+        requests = {name: [int(f) for f in frames] for name, frames in requests.items()}
+        unknown = set(requests) - set(REPRESENTATIONS)
         if unknown:
             raise ValueError(f"unknown representation(s) {sorted(unknown)}; valid: {', '.join(REPRESENTATIONS)}")
-        flags = {name: name in wanted for name in DENSE_REPRESENTATIONS}
-        result = self._native.extract(frames, blocks=bool(wanted & set(BLOCK_REPRESENTATIONS)), mv_only=mv_only, **flags)
-        if "intra_mask" in wanted:
+        native = {name: frames for name, frames in requests.items() if name != "intra_mask"}
+        # The intra mask is derived from the block vectors of the same frames.
+        mask_frames = requests.get("intra_mask", [])
+        native["blocks"] = native.get("blocks", []) + mask_frames
+        result = self._native.extract(native, mv_only=mv_only, threads=threads)
+        blocks = result.pop("blocks")
+        if "blocks" in requests:
+            result["blocks"] = blocks[: len(requests["blocks"])]
+        if "intra_mask" in requests:
             result["intra_mask"] = [
-                intra_mask(blocks, self.width, self.height, self.frame_types[f] == "I")
-                for f, blocks in zip(frames, result["blocks"])
+                intra_mask(b, self.width, self.height, self.frame_types[f] == "I")
+                for f, b in zip(mask_frames, blocks[len(blocks) - len(mask_frames):])
             ]
-        if "blocks" not in wanted:
-            result.pop("blocks", None)
         return result
 
     def _check_gop(self, gop: int) -> None:

@@ -5,7 +5,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <array>
 #include <cstring>
+#include <map>
 #include <memory>
 
 #include "decoder.hpp"
@@ -18,6 +21,9 @@ using namespace cvpipe;
 
 namespace {
 
+const std::array<std::string, kNumRepresentations> kNames = {"bgr", "mv", "mv_accumulated", "residual",
+                                                             "residual_accumulated", "blocks"};
+
 class Video {
  public:
   explicit Video(const std::string& path) {
@@ -27,37 +33,39 @@ class Video {
 
   const VideoIndex& index() const { return *index_; }
 
-  py::dict extract(const std::vector<int>& frames, bool bgr, bool mv, bool mv_accumulated, bool residual,
-                   bool residual_accumulated, bool blocks, bool mv_only) const {
-    ExtractRequest request{frames, bgr, mv, mv_accumulated, residual, residual_accumulated, blocks, mv_only};
+  // `requests` maps representation names (kNames) to frame lists.
+  py::dict extract(const std::map<std::string, std::vector<int>>& requests, bool mv_only, int threads) const {
+    ExtractRequest request;
+    request.mv_only = mv_only;
+    request.threads = threads;
+    for (const auto& [name, frames] : requests) {
+      const auto found = std::find(kNames.begin(), kNames.end(), name);
+      if (found == kNames.end()) throw std::invalid_argument("unknown representation '" + name + "'");
+      request.frames[found - kNames.begin()] = frames;
+    }
     validate_request(*index_, request);
-    const py::ssize_t n = static_cast<py::ssize_t>(frames.size()), h = index_->height, w = index_->width;
+    const py::ssize_t h = index_->height, w = index_->width;
     py::dict result;
     ExtractOutputs out;
-    auto add = [&](const char* name, auto* tag, py::ssize_t channels, bool wanted) {
-      using T = std::remove_pointer_t<decltype(tag)>;
-      if (!wanted) return static_cast<T*>(nullptr);
-      py::array_t<T> array({n, h, w, channels});
-      result[name] = array;
-      return array.mutable_data();
-    };
-    out.bgr = add("bgr", static_cast<uint8_t*>(nullptr), 3, bgr);
-    out.mv = add("mv", static_cast<int16_t*>(nullptr), 2, mv);
-    out.mv_accumulated = add("mv_accumulated", static_cast<int16_t*>(nullptr), 2, mv_accumulated);
-    out.residual = add("residual", static_cast<int16_t*>(nullptr), 3, residual);
-    out.residual_accumulated = add("residual_accumulated", static_cast<int16_t*>(nullptr), 3, residual_accumulated);
+    for (int r = 0; r < kNumDense; ++r) {
+      if (!requests.count(kNames[r])) continue;
+      const std::vector<py::ssize_t> shape{static_cast<py::ssize_t>(request.frames[r].size()), h, w, kChannels[r]};
+      py::array array = r == kBgr ? py::array(py::array_t<uint8_t>(shape)) : py::array(py::array_t<int16_t>(shape));
+      out.dense[r] = array.mutable_data();
+      result[kNames[r].c_str()] = array;
+    }
     {
       py::gil_scoped_release release;
       cvpipe::extract(*index_, request, out);
     }
-    if (blocks) {
+    if (requests.count(kNames[kBlocks])) {
       py::list per_frame;
       for (const auto& b : out.blocks) {
         py::array_t<BlockVector> array(static_cast<py::ssize_t>(b.size()));
         if (!b.empty()) std::memcpy(array.mutable_data(), b.data(), b.size() * sizeof(BlockVector));
         per_frame.append(array);
       }
-      result["blocks"] = per_frame;
+      result[kNames[kBlocks].c_str()] = per_frame;
     }
     return result;
   }
@@ -88,6 +96,7 @@ PYBIND11_MODULE(_native, m) {
 
   PYBIND11_NUMPY_DTYPE(BlockVector, source, w, h, src_x, src_y, dst_x, dst_y, flags, motion_x, motion_y, motion_scale);
   m.attr("BLOCK_DTYPE") = py::dtype::of<BlockVector>();
+  m.attr("REPRESENTATIONS") = py::cast(kNames);
 
   py::class_<Video>(m, "Video")
       .def(py::init<const std::string&>(), py::arg("path"))
@@ -107,7 +116,5 @@ PYBIND11_MODULE(_native, m) {
         for (const auto& p : v.index().packets) total += p.size;
         return total;
       })
-      .def("extract", &Video::extract, py::arg("frames"), py::arg("bgr") = false, py::arg("mv") = false,
-           py::arg("mv_accumulated") = false, py::arg("residual") = false, py::arg("residual_accumulated") = false,
-           py::arg("blocks") = false, py::arg("mv_only") = false);
+      .def("extract", &Video::extract, py::arg("requests"), py::arg("mv_only") = false, py::arg("threads") = 1);
 }

@@ -59,46 +59,18 @@ void BgrConverter::convert(const AVFrame& frame, uint8_t* bgr) {
 }
 
 MotionTrace::MotionTrace(int width, int height)
-    : width_(width), height_(height), sx_(width * height), sy_(width * height), next_x_(width * height),
-      next_y_(width * height) {
-  reset();
-}
+    : width_(width), height_(height), d_(2 * width * height), next_(2 * width * height) {}
 
-void MotionTrace::reset() {
-  for (int y = 0; y < height_; ++y) {
-    for (int x = 0; x < width_; ++x) {
-      sx_[y * width_ + x] = static_cast<int16_t>(x);
-      sy_[y * width_ + x] = static_cast<int16_t>(y);
-    }
-  }
-}
+void MotionTrace::reset() { std::fill(d_.begin(), d_.end(), int16_t{0}); }
 
 void MotionTrace::step(const FrameVectors& vectors) {
-  next_x_ = sx_;
-  next_y_ = sy_;
-  for_each_painted(vectors, width_, height_, [&](int dst, int src, int, int) {
-    next_x_[dst] = sx_[src];
-    next_y_[dst] = sy_[src];
+  // source_new(dst) = source_old(src), so d_new(dst) = dst - src + d_old(src).
+  next_ = d_;
+  for_each_painted(vectors, width_, height_, [&](int dst, int src, int dx, int dy) {
+    next_[2 * dst] = static_cast<int16_t>(d_[2 * src] - dx);
+    next_[2 * dst + 1] = static_cast<int16_t>(d_[2 * src + 1] - dy);
   });
-  sx_.swap(next_x_);
-  sy_.swap(next_y_);
-}
-
-void MotionTrace::write_mv(int16_t* out) const {
-  for (int y = 0, i = 0; y < height_; ++y) {
-    for (int x = 0; x < width_; ++x, ++i) {
-      out[2 * i] = static_cast<int16_t>(x - sx_[i]);
-      out[2 * i + 1] = static_cast<int16_t>(y - sy_[i]);
-    }
-  }
-}
-
-void MotionTrace::write_residual(const uint8_t* bgr, const uint8_t* iframe_bgr, int16_t* out) const {
-  const int n = width_ * height_;
-  for (int i = 0; i < n; ++i) {
-    const uint8_t* src = iframe_bgr + 3 * (sy_[i] * width_ + sx_[i]);
-    for (int c = 0; c < 3; ++c) out[3 * i + c] = static_cast<int16_t>(bgr[3 * i + c] - src[c]);
-  }
+  d_.swap(next_);
 }
 
 void paint_mv(const FrameVectors& vectors, int width, int height, int16_t* out) {
@@ -109,13 +81,29 @@ void paint_mv(const FrameVectors& vectors, int width, int height, int16_t* out) 
   });
 }
 
-void residual_from_mv(const int16_t* mv, const uint8_t* bgr, const uint8_t* previous_bgr, int width, int height,
-                      int16_t* out) {
-  for (int y = 0, i = 0; y < height; ++y) {
-    for (int x = 0; x < width; ++x, ++i) {
-      const int sx = x - mv[2 * i], sy = y - mv[2 * i + 1];
-      const uint8_t* src = previous_bgr + 3 * (sy * width + sx);
-      for (int c = 0; c < 3; ++c) out[3 * i + c] = static_cast<int16_t>(bgr[3 * i + c] - src[c]);
+void compensated_residual(const int16_t* d, const uint8_t* bgr, const uint8_t* reference, int width, int height,
+                          int16_t* out) {
+  // Displacements are constant over block-sized runs of a row (whole rows of static
+  // background), and over a run the difference is two contiguous byte streams, which the
+  // compiler vectorises.
+  auto pair = [d](int i) {
+    uint32_t v;
+    std::memcpy(&v, d + 2 * i, sizeof(v));
+    return v;
+  };
+  for (int y = 0; y < height; ++y) {
+    const int row = y * width;
+    for (int x = 0; x < width;) {
+      const int dx = d[2 * (row + x)], dy = d[2 * (row + x) + 1];
+      const uint32_t run_value = pair(row + x);
+      int end = x + 1;
+      while (end < width && pair(row + end) == run_value) ++end;
+      const size_t begin = 3 * static_cast<size_t>(row + x), count = 3 * static_cast<size_t>(end - x);
+      const uint8_t* cur = bgr + begin;
+      const uint8_t* ref = reference + begin - 3 * (static_cast<ptrdiff_t>(dy) * width + dx);
+      int16_t* o = out + begin;
+      for (size_t k = 0; k < count; ++k) o[k] = static_cast<int16_t>(cur[k] - ref[k]);
+      x = end;
     }
   }
 }

@@ -38,28 +38,29 @@ class BgrConverter {
   int staging_stride_;
 };
 
-// For every pixel, where it came from in the GOP's I-frame (CoViAR's accumulated source).
+// For every pixel x, its displacement d(x) = x - source(x), where source(x) is the pixel of
+// the GOP's I-frame it was traced back to: CoViAR's accumulated MV, kept as (H, W, 2) int16
+// so that it is its own output.
 class MotionTrace {
  public:
   MotionTrace(int width, int height);
-  void reset();                           // identity, at the I-frame
+  void reset();                           // zero, at the I-frame
   void step(const FrameVectors& vectors);  // follow one P-frame's vectors
-  // x - source_x, y - source_y per pixel: CoViAR's accumulated MV, (H, W, 2).
-  void write_mv(int16_t* out) const;
-  // BGR_t(x) - BGR_I(source(x)): CoViAR's accumulated residual, (H, W, 3).
-  void write_residual(const uint8_t* bgr, const uint8_t* iframe_bgr, int16_t* out) const;
+  const int16_t* displacement() const { return d_.data(); }
 
  private:
   int width_, height_;
-  std::vector<int16_t> sx_, sy_, next_x_, next_y_;
+  std::vector<int16_t> d_, next_;
 };
 
 // One frame's own vectors painted per pixel as dst - src (0 where unpainted): CoViAR's
 // non-accumulated MV, (H, W, 2).
 void paint_mv(const FrameVectors& vectors, int width, int height, int16_t* out);
 
-// BGR_t(x) - BGR_{t-1}(x - mv(x)) for a painted mv field: CoViAR's non-accumulated residual.
-void residual_from_mv(const int16_t* mv, const uint8_t* bgr, const uint8_t* previous_bgr, int width, int height,
-                      int16_t* out);
+// BGR(x) - reference_BGR(x - d(x)) for a displacement field d (H, W, 2): CoViAR's residual,
+// accumulated when d is the trace and the reference the I-frame, per frame when d is the
+// frame's own MV and the reference the previous frame.
+void compensated_residual(const int16_t* d, const uint8_t* bgr, const uint8_t* reference, int width, int height,
+                          int16_t* out);
 
 }  // namespace cvpipe

@@ -1,10 +1,14 @@
 #include "extract.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <exception>
 #include <map>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 #include "coviar_maths.hpp"
 #include "decoder.hpp"
@@ -15,7 +19,8 @@ namespace {
 
 struct Slot {
   int position;  // in the GOP
-  size_t index;  // into the request's outputs
+  int representation;
+  size_t index;  // into that representation's outputs
 };
 
 BlockVector to_block(const AVMotionVector& v) {
@@ -35,16 +40,15 @@ BlockVector to_block(const AVMotionVector& v) {
 }
 
 // Decodes one GOP up to its last requested position and fills the slots that lie in it.
+// Owns its decoder and scratch buffers: one per thread.
 class GopExtractor {
  public:
-  GopExtractor(const VideoIndex& index, const ExtractRequest& request, ExtractOutputs& out)
-      : index_(index),
-        request_(request),
-        out_(out),
+  GopExtractor(const VideoIndex& index, bool mv_only, ExtractOutputs& out)
+      : out_(out),
         w_(index.width),
         h_(index.height),
         pixels_(static_cast<size_t>(w_) * h_),
-        decoder_(index, request.mv_only),
+        decoder_(index, mv_only),
         converter_(w_, h_),
         trace_(w_, h_),
         current_bgr_(pixels_ * 3),
@@ -54,22 +58,27 @@ class GopExtractor {
 
   void run(int gop, const std::vector<Slot>& slots) {
     int last = 0;
-    for (const Slot& s : slots) last = std::max(last, s.position);
-    const bool trace = request_.mv_accumulated || request_.residual_accumulated;
+    bool trace = false, iframe_reference = false;
+    for (const Slot& s : slots) {
+      last = std::max(last, s.position);
+      trace |= s.representation == kMvAccumulated || s.representation == kResidualAccumulated;
+      iframe_reference |= s.representation == kResidualAccumulated;
+    }
     std::vector<bool> bgr_needed(last + 1, false);
     for (const Slot& s : slots) {
-      if (request_.bgr || request_.residual || request_.residual_accumulated) bgr_needed[s.position] = true;
-      if (request_.residual && s.position > 0) bgr_needed[s.position - 1] = true;
+      const int r = s.representation;
+      if (r == kBgr || r == kResidual || r == kResidualAccumulated) bgr_needed[s.position] = true;
+      if (r == kResidual && s.position > 0) bgr_needed[s.position - 1] = true;
     }
-    if (request_.residual_accumulated) bgr_needed[0] = true;
+    if (iframe_reference) bgr_needed[0] = true;
 
     int position = 0;
     decoder_.decode_gop(gop, [&](const AVFrame& frame) {
-      const FrameVectors vectors = vectors_of(frame);
+      const FrameVectors vectors = position == 0 ? FrameVectors{} : vectors_of(frame);
       if (bgr_needed[position]) {
         current_bgr_.swap(previous_bgr_);
         converter_.convert(frame, current_bgr_.data());
-        if (position == 0 && request_.residual_accumulated) iframe_bgr_ = current_bgr_;
+        if (position == 0 && iframe_reference) iframe_bgr_ = current_bgr_;
       }
       if (trace) {
         if (position == 0) {
@@ -79,44 +88,49 @@ class GopExtractor {
         }
       }
       for (const Slot& s : slots) {
-        if (s.position == position) fill(s.index, position, vectors);
+        if (s.position == position) fill(s, vectors);
       }
       return ++position <= last;
     });
-    if (position <= last) {
-      throw InvalidVideo("'" + index_.path + "': GOP " + std::to_string(gop) + " decoded to " +
-                         std::to_string(position) + " frames, fewer than indexed");
-    }
   }
 
  private:
-  void fill(size_t slot, int position, const FrameVectors& vectors) {
-    if (request_.bgr) std::memcpy(out_.bgr + slot * pixels_ * 3, current_bgr_.data(), pixels_ * 3);
-    if (request_.mv || request_.residual) {
-      int16_t* mv = request_.mv ? out_.mv + slot * pixels_ * 2 : mv_scratch_.data();
-      paint_mv(position == 0 ? FrameVectors{} : vectors, w_, h_, mv);
-      if (request_.residual) {
-        int16_t* res = out_.residual + slot * pixels_ * 3;
-        if (position == 0) {
-          std::fill(res, res + pixels_ * 3, int16_t{0});
-        } else {
-          residual_from_mv(mv, current_bgr_.data(), previous_bgr_.data(), w_, h_, res);
-        }
+  template <class T>
+  T* dense(const Slot& s) const {
+    return static_cast<T*>(out_.dense[s.representation]) + s.index * pixels_ * kChannels[s.representation];
+  }
+
+  void fill(const Slot& s, const FrameVectors& vectors) {
+    switch (s.representation) {
+      case kBgr:
+        std::memcpy(dense<uint8_t>(s), current_bgr_.data(), pixels_ * 3);
+        break;
+      case kMv:
+        paint_mv(vectors, w_, h_, dense<int16_t>(s));
+        break;
+      case kMvAccumulated:
+        std::memcpy(dense<int16_t>(s), trace_.displacement(), pixels_ * 2 * sizeof(int16_t));
+        break;
+      case kResidual: {
+        paint_mv(vectors, w_, h_, mv_scratch_.data());
+        // At the I-frame there are no vectors and the reference is the frame itself: zero.
+        const uint8_t* reference = s.position == 0 ? current_bgr_.data() : previous_bgr_.data();
+        compensated_residual(mv_scratch_.data(), current_bgr_.data(), reference, w_, h_, dense<int16_t>(s));
+        break;
       }
-    }
-    if (request_.mv_accumulated) trace_.write_mv(out_.mv_accumulated + slot * pixels_ * 2);
-    if (request_.residual_accumulated) {
-      trace_.write_residual(current_bgr_.data(), iframe_bgr_.data(), out_.residual_accumulated + slot * pixels_ * 3);
-    }
-    if (request_.blocks) {
-      auto& blocks = out_.blocks[slot];
-      blocks.clear();
-      for (size_t i = 0; i < vectors.count; ++i) blocks.push_back(to_block(vectors.data[i]));
+      case kResidualAccumulated:
+        compensated_residual(trace_.displacement(), current_bgr_.data(), iframe_bgr_.data(), w_, h_,
+                             dense<int16_t>(s));
+        break;
+      case kBlocks: {
+        auto& blocks = out_.blocks[s.index];
+        blocks.clear();
+        for (size_t i = 0; i < vectors.count; ++i) blocks.push_back(to_block(vectors.data[i]));
+        break;
+      }
     }
   }
 
-  const VideoIndex& index_;
-  const ExtractRequest& request_;
   ExtractOutputs& out_;
   const int w_, h_;
   const size_t pixels_;
@@ -127,6 +141,32 @@ class GopExtractor {
   std::vector<int16_t> mv_scratch_;
 };
 
+// Runs `work(extractor, gop_group)` over all groups on `threads` threads, each with its own
+// extractor; the first exception stops the rest and is rethrown.
+void run_parallel(const VideoIndex& index, const ExtractRequest& request, ExtractOutputs& out,
+                  const std::vector<std::pair<int, std::vector<Slot>>>& groups) {
+  const size_t threads = std::min<size_t>(std::max(request.threads, 1), groups.size());
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto worker = [&] {
+    try {
+      GopExtractor extractor(index, request.mv_only, out);
+      for (size_t i; !failed && (i = next++) < groups.size();) extractor.run(groups[i].first, groups[i].second);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+      failed = true;
+    }
+  };
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < threads; ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
 }  // namespace
 
 void validate_request(const VideoIndex& index, const ExtractRequest& request) {
@@ -135,33 +175,36 @@ void validate_request(const VideoIndex& index, const ExtractRequest& request) {
                            "' has B-VOPs; FFmpeg exports wrong motion vectors for MPEG-4 B-frames, so cvpipe "
                            "refuses them. Re-encode without B-frames (`cvpipe encode`, or ffmpeg -bf 0)");
   }
-  for (int f : request.frames) {
-    if (f < 0 || f >= index.num_frames()) {
-      throw OutOfRange("frame " + std::to_string(f) + " is out of range: '" + index.path + "' has " +
-                       std::to_string(index.num_frames()) + " decodable frames");
-    }
-    if (request.mv_only && (request.residual || request.residual_accumulated ||
-                            (request.bgr && index.frame_types[f] != 'I'))) {
-      throw std::invalid_argument(
-          "mv_only decoding skips the inverse transform of inter blocks: it serves motion vectors and I-frame "
-          "pixels only (frame " + std::to_string(f) + " is a " + std::string(1, index.frame_types[f]) +
-          "-frame)");
+  for (int r = 0; r < kNumRepresentations; ++r) {
+    for (int f : request.frames[r]) {
+      if (f < 0 || f >= index.num_frames()) {
+        throw OutOfRange("frame " + std::to_string(f) + " is out of range: '" + index.path + "' has " +
+                         std::to_string(index.num_frames()) + " decodable frames");
+      }
+      const bool pixels = r == kResidual || r == kResidualAccumulated || (r == kBgr && index.frame_types[f] != 'I');
+      if (request.mv_only && pixels) {
+        throw std::invalid_argument(
+            "mv_only decoding skips the inverse transform of inter blocks: it serves motion vectors and I-frame "
+            "pixels only (frame " + std::to_string(f) + " is a " + std::string(1, index.frame_types[f]) +
+            "-frame)");
+      }
     }
   }
 }
 
 void extract(const VideoIndex& index, const ExtractRequest& request, ExtractOutputs& out) {
   validate_request(index, request);
-  if (request.blocks) out.blocks.assign(request.frames.size(), {});
+  out.blocks.assign(request.frames[kBlocks].size(), {});
   std::map<int, std::vector<Slot>> by_gop;
-  for (size_t i = 0; i < request.frames.size(); ++i) {
-    const int frame = request.frames[i];
-    const int gop = index.gop_of(frame);
-    by_gop[gop].push_back({frame - index.gop_starts[gop], i});
+  for (int r = 0; r < kNumRepresentations; ++r) {
+    const auto& frames = request.frames[r];
+    for (size_t i = 0; i < frames.size(); ++i) {
+      const int gop = index.gop_of(frames[i]);
+      by_gop[gop].push_back({frames[i] - index.gop_starts[gop], r, i});
+    }
   }
   if (by_gop.empty()) return;
-  GopExtractor extractor(index, request, out);
-  for (const auto& [gop, slots] : by_gop) extractor.run(gop, slots);
+  run_parallel(index, request, out, {by_gop.begin(), by_gop.end()});
 }
 
 }  // namespace cvpipe

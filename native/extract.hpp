@@ -1,8 +1,10 @@
-// Extraction: any set of frames, any subset of representations, in one decode pass that
-// decodes only the GOPs holding requested frames, each once, and each only as far as its
-// last requested position. Outputs go to caller-owned buffers.
+// Extraction: for each representation any set of frames, all served by one decode pass
+// that decodes only the GOPs holding requested frames, each once and only as far as its
+// last requested position. GOPs can be spread over threads. Outputs go to caller-owned
+// buffers.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -10,15 +12,23 @@
 
 namespace cvpipe {
 
+enum Representation : int {
+  kBgr,                  // decoded frame, uint8 (H, W, 3)
+  kMv,                   // the frame's own vectors painted per pixel, int16 (H, W, 2)
+  kMvAccumulated,        // traced back to the GOP's I-frame, int16 (H, W, 2)
+  kResidual,             // BGR minus the motion-compensated previous frame, int16 (H, W, 3)
+  kResidualAccumulated,  // BGR minus the traced-back I-frame, int16 (H, W, 3)
+  kBlocks,               // the exported block vectors, a list per frame
+  kNumRepresentations,
+};
+constexpr int kNumDense = kBlocks;
+constexpr std::array<int, kNumDense> kChannels = {3, 2, 2, 3, 3};
+
 struct ExtractRequest {
-  std::vector<int> frames;  // any order, repeats allowed; outputs follow this order
-  bool bgr = false;
-  bool mv = false;
-  bool mv_accumulated = false;
-  bool residual = false;
-  bool residual_accumulated = false;
-  bool blocks = false;
+  // Per representation, the frames wanted (any order, repeats allowed); outputs follow it.
+  std::array<std::vector<int>, kNumRepresentations> frames;
   bool mv_only = false;  // skip_idct decode: only vectors and I-frame pixels are valid
+  int threads = 1;       // GOPs decoded in parallel
 };
 
 // AVMotionVector's fields, copied one by one (the FFmpeg struct has padding).
@@ -31,15 +41,11 @@ struct BlockVector {
   uint16_t motion_scale;
 };
 
-// Each pointer, when requested, holds len(frames) x H x W x C elements: bgr uint8 C=3,
-// mv int16 C=2, residual int16 C=3.
 struct ExtractOutputs {
-  uint8_t* bgr = nullptr;
-  int16_t* mv = nullptr;
-  int16_t* mv_accumulated = nullptr;
-  int16_t* residual = nullptr;
-  int16_t* residual_accumulated = nullptr;
-  std::vector<std::vector<BlockVector>> blocks;  // per requested frame
+  // For each dense representation with frames requested: len(frames) x H x W x channels
+  // elements, uint8_t for kBgr and int16_t for the others.
+  std::array<void*, kNumDense> dense{};
+  std::vector<std::vector<BlockVector>> blocks;  // per requested kBlocks frame
 };
 
 // Throws OutOfRange, UnsupportedVideo or std::invalid_argument for a request that cannot
