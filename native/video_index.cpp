@@ -12,6 +12,8 @@
 namespace cvpipe {
 namespace {
 
+constexpr int kMaxDimension = 8191;  // 13-bit width and height fields in the VOL header
+
 void check_readable(const std::string& path) {
   std::error_code ec;
   const auto status = std::filesystem::status(path, ec);
@@ -145,6 +147,13 @@ VideoIndex index_video(const std::string& path) {
   }
   if (index.width <= 0 || index.height <= 0) {
     throw InvalidVideo("'" + path + "': the stream does not state its frame size (no VOL header)");
+  }
+  // MPEG-4 Part 2 allows 8191x8191; a corrupt header claiming more must not drive the
+  // output allocations.
+  if (index.width > kMaxDimension || index.height > kMaxDimension) {
+    throw InvalidVideo("'" + path + "': frame size " + std::to_string(index.width) + "x" +
+                       std::to_string(index.height) + " exceeds MPEG-4 Part 2's limit of " +
+                       std::to_string(kMaxDimension));
   }
   return index;
 }
