@@ -25,6 +25,7 @@ struct Slot {
 
 BlockVector to_block(const AVMotionVector& v) {
   BlockVector b;
+  std::memset(&b, 0, sizeof(b));  // the padding reaches Python as bytes of the numpy record
   b.source = v.source;
   b.w = v.w;
   b.h = v.h;
