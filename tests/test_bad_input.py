@@ -1,0 +1,148 @@
+"""Bad input gets a clear Python exception naming the file and the problem: missing
+files, things that are not videos, other codecs, B-frames, truncated and corrupted
+bitstreams, out-of-range indices. Damage never costs the intact GOPs before it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cvpipe
+from cvpipe import coviar
+
+ALL = ("bgr", "mv", "mv_accumulated", "residual", "residual_accumulated", "blocks", "intra_mask")
+DENSE = ALL[:5]
+
+
+def test_missing_file_raises_file_not_found_naming_it(tmp_path):
+    missing = tmp_path / "no" / "such.m4v"
+    for call in (cvpipe.open, coviar.get_num_frames, coviar.get_num_gops, lambda p: coviar.load(p, 0, 0, 0, False)):
+        with pytest.raises(FileNotFoundError, match=str(missing)):
+            call(missing)
+
+
+NOT_VIDEOS = {
+    "notes.txt": b"this is not a video\n" * 200,
+    "notes.m4v": b"this is not a video\n" * 200,
+    "random.avi": np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8).tobytes(),
+    "random.m4v": np.random.default_rng(1).integers(0, 256, 20000, dtype=np.uint8).tobytes(),
+    "empty.mp4": b"",
+    "empty.m4v": b"",
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_VIDEOS))
+def test_not_a_video_raises_invalid_video(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(NOT_VIDEOS[name])
+    with pytest.raises(cvpipe.InvalidVideoError, match=str(path)):
+        cvpipe.open(path)
+
+
+def test_directory_raises_invalid_video(tmp_path):
+    with pytest.raises(cvpipe.InvalidVideoError, match=str(tmp_path)):
+        cvpipe.open(tmp_path)
+
+
+@pytest.mark.parametrize("codec", ["h264", "vp9", "mjpeg"])
+def test_other_codecs_raise_unsupported_naming_the_codec(foreign_clips, codec):
+    path = foreign_clips[codec]
+    with pytest.raises(cvpipe.UnsupportedVideoError) as raised:
+        cvpipe.open(path)
+    message = str(raised.value)
+    assert str(path) in message and codec in message.lower() and "MPEG-4 Part 2" in message, message
+    assert isinstance(raised.value, ValueError)
+
+
+def test_b_frames_are_refused_on_extract_with_the_fix(bframe_clip):
+    video = cvpipe.open(bframe_clip)
+    assert video.has_b_frames and "B" in video.frame_types
+    for representations in (("bgr",), ("mv",), ("blocks",)):
+        with pytest.raises(cvpipe.UnsupportedVideoError) as raised:
+            video.extract([1], representations)
+        message = str(raised.value)
+        assert str(bframe_clip) in message and "B-" in message and "-bf 0" in message, message
+    with pytest.raises(cvpipe.UnsupportedVideoError, match="B-"):
+        coviar.load(bframe_clip, 0, 1, coviar.MV, False)
+
+
+def test_out_of_range_indices_raise_index_error(vtest_clip):
+    video = cvpipe.open(vtest_clip)
+    n = video.num_frames
+    for frames in ([n], [-1], [0, n + 100]):
+        with pytest.raises(IndexError, match=str(vtest_clip)):
+            video.extract(frames, ("bgr",))
+    with pytest.raises(IndexError):
+        video.extract_each({"bgr": [0], "mv": [n]})
+    for call in (lambda: video.frame_index(video.num_gops, 0), lambda: video.frame_index(0, video.gop_size(0)),
+                 lambda: video.gop_size(-1), lambda: video.locate(n), lambda: video.locate(-1)):
+        with pytest.raises(IndexError):
+            call()
+
+
+def extract_per_gop(path: Path) -> list[dict | None]:
+    """Every GOP's frames with every representation; None for a GOP refused as corrupt.
+    Raises whatever opening the file raises."""
+    video = cvpipe.open(path)
+    results = []
+    for gop in range(video.num_gops):
+        frames = range(video.gop_starts[gop], video.gop_starts[gop] + video.gop_size(gop))
+        try:
+            out = video.extract(frames, ALL)
+        except cvpipe.InvalidVideoError as error:
+            assert str(path) in str(error) and f"GOP {gop}" in str(error), str(error)
+            results.append(None)
+            continue
+        for name in DENSE:
+            assert out[name].shape[:3] == (len(frames), video.height, video.width), name
+        results.append(out)
+    return results
+
+
+@pytest.fixture(scope="module")
+def damageable(make_clip, container_clips) -> dict[str, Path]:
+    """A raw m4v, an AVI (GOP 16), and an MP4 with its index up front, so that a cut
+    leaves an index pointing past the end of the file."""
+    return {"m4v": container_clips["m4v"], "avi": make_clip("vtest_g16"), "mp4": container_clips["faststart.mp4"]}
+
+
+@pytest.mark.parametrize("container", ["m4v", "avi", "mp4"])
+@pytest.mark.parametrize("fraction", [0.0005, 0.02, 0.3, 0.61, 0.999])
+def test_truncated_clip_keeps_the_gops_before_the_cut(damageable, container, fraction, tmp_path):
+    source = damageable[container]
+    data = source.read_bytes()
+    cut = tmp_path / f"cut{source.suffix}"
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    try:
+        damaged = extract_per_gop(cut)
+    except cvpipe.InvalidVideoError as error:
+        assert str(cut) in str(error)
+        return
+    intact = cvpipe.open(source)
+    assert cvpipe.open(cut).num_frames <= intact.num_frames
+    expected = intact.extract(range(intact.num_frames), ALL)
+    start = 0
+    # Every GOP but the last lies wholly before the cut: it must come back, unchanged.
+    for gop, out in enumerate(damaged[:-1]):
+        assert out is not None, f"GOP {gop} lies before the cut yet was refused"
+        frames = range(start, start + len(out["bgr"]))
+        for name in DENSE:
+            np.testing.assert_array_equal(out[name], expected[name][frames], err_msg=f"GOP {gop}: {name}")
+        start = frames.stop
+
+
+@pytest.mark.parametrize("container", ["m4v", "avi", "mp4"])
+@pytest.mark.parametrize("where, length", [(0.0, 8), (0.001, 4), (0.3, 64), (0.55, 1), (0.8, 2000)])
+def test_corrupted_clip_gives_valid_output_or_a_clean_error(damageable, container, where, length, tmp_path):
+    source = damageable[container]
+    data = bytearray(source.read_bytes())
+    start = int(len(data) * where)
+    data[start:start + length] = bytes(b ^ 0x5A for b in data[start:start + length])
+    bad = tmp_path / f"bad{source.suffix}"
+    bad.write_bytes(bytes(data))
+    try:
+        extract_per_gop(bad)
+    except (cvpipe.InvalidVideoError, cvpipe.UnsupportedVideoError) as error:
+        assert str(bad) in str(error)
