@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `cvpipe --help` lists them.
-SUBCOMMANDS = ("info", "show", "manifest")
+SUBCOMMANDS = ("info", "show", "manifest", "encode", "synth")
 
 
 def build_parser() -> argparse.ArgumentParser:
