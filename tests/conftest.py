@@ -52,10 +52,10 @@ def encode_mpeg4(source: Path, out: Path, *options: str, seconds: float = VTEST_
 
 
 def smooth_texture(height: int, width: int, seed: int) -> np.ndarray:
-    """Low-pass filtered noise, 3 independent channels, float (H, W, 3), periodic.
+    """The 2-D spectra of low-pass filtered noise, 3 independent channels, (H, W, 3).
 
-    Its spectrum is kept so that frames can be shifted by any sub-pixel offset exactly
-    (a phase ramp), which gives the encoder's motion search true half-pel motion too.
+    A texture kept as its spectrum can be shifted by any sub-pixel offset exactly (a phase
+    ramp), which gives the encoder's motion search true half-pel motion too.
     """
     rng = np.random.default_rng(seed)
     ky = np.fft.fftfreq(height)[:, None]
