@@ -96,8 +96,9 @@ class SynthConfig:
             raise ValueError(f"classes {self.classes} must be in 2..{MAX_CLASSES}")
         if self.videos_per_class < 1 or self.frames < 1:
             raise ValueError("videos_per_class and frames must be at least 1")
-        if self.width < 32 or self.height < 32 or self.width % 16 or self.height % 16:
-            raise ValueError(f"size {self.width}x{self.height}: width and height must be multiples of 16, at least 32")
+        # Multiples of 16 (whole macroblocks) are best; CoViAR's 340x256 is not, so any even size goes.
+        if self.width < 32 or self.height < 32 or self.width % 2 or self.height % 2:
+            raise ValueError(f"size {self.width}x{self.height}: width and height must be even, at least 32")
         if min(self.val_fraction, self.test_fraction) < 0 or self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val and test fractions must be non-negative and leave some videos for training")
         if self.seed < 0:
@@ -165,7 +166,8 @@ def generate(config: SynthConfig, out_dir: str | os.PathLike, *, jobs: int | Non
     """Draws, encodes and lists the dataset under out_dir; see the module docstring for the layout.
 
     A video that fails to encode is reported in the result and left out of the manifests;
-    the others go on.
+    the others go on. Drawing runs in spawned worker processes, so a script that calls
+    this needs the usual `if __name__ == "__main__":` guard.
     """
     start = time.perf_counter()
     out = Path(out_dir).resolve()
@@ -181,9 +183,13 @@ def generate(config: SynthConfig, out_dir: str | os.PathLike, *, jobs: int | Non
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool, \
             tqdm(total=len(tasks), unit="video", desc="synth", disable=not progress) as bar:
         futures = {pool.submit(_render_and_encode, config, *task, str(paths[task]), binary): task for task in tasks}
-        for future in concurrent.futures.as_completed(futures):
-            outcome[futures[future]] = future.result()
-            bar.update()
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                outcome[futures[future]] = future.result()
+                bar.update()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # videos being written finish or vanish whole
+            raise
 
     entries = []
     for label in range(config.classes):

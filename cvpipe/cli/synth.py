@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=_DEFAULTS.frames,
                    help=f"frames per video (default: {_DEFAULTS.frames})")
     p.add_argument("--size", default=f"{_DEFAULTS.width}x{_DEFAULTS.height}",
-                   help=f"WIDTHxHEIGHT, multiples of 16 (default: {_DEFAULTS.width}x{_DEFAULTS.height})")
+                   help=f"WIDTHxHEIGHT, even; multiples of 16 fit macroblocks (default: {_DEFAULTS.width}x{_DEFAULTS.height})")
     p.add_argument("--coviar-size", action="store_true",
                    help=f"shorthand for --size {COVIAR_SIZE[0]}x{COVIAR_SIZE[1]}, CoViAR's frame size")
     p.add_argument("--seed", type=int, default=_DEFAULTS.seed, help=f"random seed (default: {_DEFAULTS.seed})")
@@ -57,5 +57,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"cvpipe synth: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("cvpipe synth: interrupted; the manifests were not written", file=sys.stderr)
+        return 130
     print(report.summary())
     return 1 if report.failed else 0
