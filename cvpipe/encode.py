@@ -2,9 +2,9 @@
 
 The encoder is the FFmpeg command line (`find_ffmpeg`): `CVPIPE_FFMPEG` or an explicit
 path, else the system's `ffmpeg`, else the static binary of the `imageio-ffmpeg` wheel.
-One function builds every command (`ffmpeg_command`); files go in by name
-(`encode_file`, `encode_many`) and numpy frames go in as rawvideo on stdin
-(`encode_frames`, used by the synthetic dataset).
+One function builds every command (`ffmpeg_command`); a file goes in by name
+(`encode_file`) and numpy frames go in as rawvideo on stdin (`encode_frames`, used by
+the synthetic dataset).
 
 What an output is, by construction and then by check:
 - MPEG-4 Part 2 (`-c:v mpeg4`, quality `-q:v`, CoViAR used 1), WxH (default 340x256),
@@ -23,36 +23,27 @@ Every output is written under a temporary name in the output folder, opened with
 `cvpipe.open` and checked (size, GOP table regular except a shorter last GOP, no
 B-frames, frame count), and only then renamed into place: no half-written or unchecked
 file ever has the final name, and the temporary file is removed on any failure.
-
-`encode_many` skips an output that is up to date: a state record in
-`OUT/.cvpipe-encode/<output name>.json`, written after the rename, holds the source's
-path, size and mtime, the options, and the output's size and mtime. Any difference (a
-changed source or option, a touched or replaced output) re-encodes.
+Batches of files (parallel, skipping up-to-date outputs) are `cvpipe.encode_batch`.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import itertools
-import json
 import os
 import shutil
 import subprocess
 import tempfile
 import threading
-import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 import cvpipe
 
 FORMATS = {"m4v": ".m4v", "avi": ".avi"}
-STATE_DIR = ".cvpipe-encode"
 # Above any scene-change score: FFmpeg's encoders then never insert an I-frame of their own.
 _NO_SCENE_CUT = "1000000000"
 _STDERR_LINES = 4
@@ -96,19 +87,6 @@ class EncodeOptions:
         return FORMATS[self.format]
 
 
-@dataclass(frozen=True)
-class EncodeResult:
-    """What happened to one source in `encode_many`."""
-
-    source: str
-    output: str
-    status: str               # "encoded", "skipped" or "failed"
-    reason: str = ""          # why it failed
-    bytes: int = 0            # the output's size (encoded or skipped)
-    frames: int = 0           # frames in the output (encoded only)
-    seconds: float = 0.0
-
-
 def parse_size(text: str) -> tuple[int, int]:
     """'340x256' -> (340, 256)."""
     try:
@@ -116,6 +94,11 @@ def parse_size(text: str) -> tuple[int, int]:
     except ValueError:
         raise ValueError(f"size {text!r} is not WIDTHxHEIGHT, e.g. 340x256") from None
     return width, height
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (the default number of parallel jobs)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def find_ffmpeg(override: str | None = None) -> str:
@@ -171,8 +154,11 @@ def _rawvideo_input(width: int, height: int, fps: float, pixel_format: str) -> l
             "-framerate", str(fps), "-i", "pipe:0"]
 
 
-class _Runner:
-    """Runs FFmpeg processes and can kill every one still running (on Ctrl-C)."""
+class FFmpegRunner:
+    """Runs FFmpeg processes and can kill every one still running (on Ctrl-C).
+
+    One runner is shared by the encodes of a batch, so that `cancel` stops them all.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -265,7 +251,7 @@ def check_output(path: str | os.PathLike, options: EncodeOptions, expected_frame
 
 
 def _encode_atomically(output: Path, command_for: Callable[[Path], list[str]], options: EncodeOptions,
-                       runner: _Runner, frames: Iterable[np.ndarray] | None = None,
+                       runner: FFmpegRunner, frames: Iterable[np.ndarray] | None = None,
                        frames_sent: Callable[[], int] | None = None) -> cvpipe.Video:
     """Encodes to a temporary name beside `output`, checks it, then renames it to `output`.
 
@@ -280,27 +266,26 @@ def _encode_atomically(output: Path, command_for: Callable[[Path], list[str]], o
         video = check_output(tmp, options, frames_sent() if frames_sent else None)
         os.replace(tmp, output)
         return video
+    except EncodeError as e:
+        raise EncodeError(output, e.reason) from None  # the temporary name means nothing to the caller
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def encode_file(source: str | os.PathLike, output: str | os.PathLike, options: EncodeOptions = EncodeOptions(),
-                ffmpeg: str | None = None) -> cvpipe.Video:
+                ffmpeg: str | None = None, runner: FFmpegRunner | None = None) -> cvpipe.Video:
     """Re-encodes one video file to `output`, atomically and checked; returns the opened output.
 
     Raises:
-        EncodeError: FFmpeg failed (the reason holds its last error lines) or the output
-            failed `check_output`.
+        EncodeError: naming the source: it is missing, FFmpeg failed (the reason holds its
+            last error lines), or the output failed `check_output`.
     """
-    return _encode_file(Path(source), Path(output), options, find_ffmpeg(ffmpeg), _Runner())
-
-
-def _encode_file(source: Path, output: Path, options: EncodeOptions, ffmpeg: str, runner: _Runner) -> cvpipe.Video:
+    source, binary = Path(source), find_ffmpeg(ffmpeg)
     if not source.is_file():
         raise EncodeError(source, "no such file" if not source.exists() else "not a regular file")
     try:
-        return _encode_atomically(output, lambda tmp: ffmpeg_command(ffmpeg, _file_input(source), tmp, options),
-                                  options, runner)
+        return _encode_atomically(Path(output), lambda tmp: ffmpeg_command(binary, _file_input(source), tmp, options),
+                                  options, runner or FFmpegRunner())
     except EncodeError as e:
         raise EncodeError(source, e.reason) from None
 
@@ -342,131 +327,4 @@ def encode_frames(frames: Iterable[np.ndarray], output: str | os.PathLike, optio
     binary = find_ffmpeg(ffmpeg)
     inputs = _rawvideo_input(shape[1], shape[0], fps, channel_order + "24")
     return _encode_atomically(Path(output), lambda tmp: ffmpeg_command(binary, inputs, tmp, options), options,
-                              _Runner(), frames=checked(), frames_sent=lambda: count)
-
-
-def output_path(source: str | os.PathLike, out_dir: str | os.PathLike, options: EncodeOptions) -> Path:
-    """Where `encode_many` writes a source: OUT / (source stem + the format's extension)."""
-    return Path(out_dir) / (Path(source).stem + options.extension)
-
-
-def _state_path(output: Path) -> Path:
-    return output.parent / STATE_DIR / (output.name + ".json")
-
-
-def _wanted_state(source: Path, options: EncodeOptions) -> dict:
-    stat = source.stat()
-    return {"source": str(source.resolve()), "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns,
-            "options": asdict(options)}
-
-
-def _is_up_to_date(source: Path, output: Path, options: EncodeOptions) -> bool:
-    try:
-        state = json.loads(_state_path(output).read_text(encoding="utf-8"))
-        out_stat = output.stat()
-        wanted = _wanted_state(source, options)
-    except (OSError, ValueError):
-        return False
-    return (
-        {key: state.get(key) for key in wanted} == wanted
-        and state.get("output_size") == out_stat.st_size
-        and state.get("output_mtime_ns") == out_stat.st_mtime_ns
-    )
-
-
-def _record_state(source: Path, output: Path, options: EncodeOptions) -> None:
-    out_stat = output.stat()
-    state = _wanted_state(source, options) | {"output_size": out_stat.st_size, "output_mtime_ns": out_stat.st_mtime_ns}
-    path = _state_path(output)
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
-    tmp.write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _encode_one(source: Path, output: Path, options: EncodeOptions, ffmpeg: str, force: bool,
-                runner: _Runner) -> EncodeResult:
-    start = time.perf_counter()
-    try:
-        if not force and source.is_file() and _is_up_to_date(source, output, options):
-            return EncodeResult(str(source), str(output), "skipped", bytes=output.stat().st_size)
-        # A stale record must not vouch for the new file if we die between rename and record.
-        _state_path(output).unlink(missing_ok=True)
-        video = _encode_file(source, output, options, ffmpeg, runner)
-        _record_state(source, output, options)
-        return EncodeResult(str(source), str(output), "encoded", bytes=output.stat().st_size,
-                            frames=video.num_frames, seconds=time.perf_counter() - start)
-    except EncodeError as e:
-        return EncodeResult(str(source), str(output), "failed", reason=e.reason, seconds=time.perf_counter() - start)
-    except OSError as e:
-        return EncodeResult(str(source), str(output), "failed", reason=f"{type(e).__name__}: {e}",
-                            seconds=time.perf_counter() - start)
-
-
-def _name_clashes(sources: Sequence[Path], outputs: Sequence[Path]) -> dict[int, str]:
-    """Reasons for the sources that cannot be written: shared output names, or output == source."""
-    by_output: dict[Path, list[int]] = {}
-    for i, out in enumerate(outputs):
-        by_output.setdefault(out.resolve(), []).append(i)
-    reasons = {}
-    for out, indices in by_output.items():
-        for i in indices:
-            others = [str(sources[j]) for j in indices if j != i]
-            if others:
-                reasons[i] = f"output {outputs[i]} would also be written from {', '.join(others)}"
-    for i, (src, out) in enumerate(zip(sources, outputs)):
-        if i not in reasons and src.resolve() == out.resolve():
-            reasons[i] = "the output would overwrite the source"
-    return reasons
-
-
-def encode_many(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-                options: EncodeOptions = EncodeOptions(), *, jobs: int | None = None, ffmpeg: str | None = None,
-                force: bool = False, progress: bool = True) -> list[EncodeResult]:
-    """Re-encodes `sources` into `out_dir` in parallel, one result per source, in order.
-
-    A source that fails (cannot be decoded, or its output fails the check) is reported
-    in its result and the others go on. Two sources whose outputs would have the same
-    name both fail before anything is encoded. Up-to-date outputs are skipped unless
-    `force`. On KeyboardInterrupt every running FFmpeg is killed, the temporary files
-    are removed, and the interrupt is raised again.
-    """
-    binary = find_ffmpeg(ffmpeg)
-    jobs = jobs or len(os.sched_getaffinity(0))
-    paths = [Path(s) for s in sources]
-    outputs = [output_path(s, out_dir, options) for s in paths]
-    results: list[EncodeResult | None] = [None] * len(paths)
-    for i, reason in _name_clashes(paths, outputs).items():
-        results[i] = EncodeResult(str(paths[i]), str(outputs[i]), "failed", reason=reason)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    runner = _Runner()
-    todo = [i for i, r in enumerate(results) if r is None]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool, \
-            tqdm(total=len(paths), initial=len(paths) - len(todo), unit="video", desc="encode",
-                 disable=not progress) as bar:
-        futures = {pool.submit(_encode_one, paths[i], outputs[i], options, binary, force, runner): i for i in todo}
-        try:
-            for future in concurrent.futures.as_completed(futures):
-                result = future.result()
-                results[futures[future]] = result
-                if result.status == "failed":
-                    bar.write(f"failed: {result.source}: {result.reason}")
-                bar.update()
-        except BaseException:
-            runner.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-    return results
-
-
-def summary(results: Sequence[EncodeResult], seconds: float) -> str:
-    """One line of counts, time and bytes, then one line per failure."""
-    counts = {status: sum(r.status == status for r in results) for status in ("encoded", "skipped", "failed")}
-    written = sum(r.bytes for r in results if r.status == "encoded")
-    total = sum(r.bytes for r in results if r.status != "failed")
-    lines = [
-        f"encoded {counts['encoded']}, skipped {counts['skipped']} (up to date), failed {counts['failed']} "
-        f"in {seconds:.1f} s; wrote {written / 2**20:.1f} MiB, outputs total {total / 2**20:.1f} MiB"
-    ]
-    lines += [f"  failed: {r.source}: {r.reason}" for r in results if r.status == "failed"]
-    return "\n".join(lines)
+                              FFmpegRunner(), frames=checked(), frames_sent=lambda: count)

@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cvpipe.encode import EncodeError, EncodeOptions, encode_frames, find_ffmpeg
+from cvpipe.encode import EncodeError, EncodeOptions, available_cpus, encode_frames, find_ffmpeg
 from cvpipe.manifest import ManifestEntry, write_manifest
 from cvpipe.synth_render import MOTIONS, OBJECTS, Scene
 
@@ -173,7 +173,7 @@ def generate(config: SynthConfig, out_dir: str | os.PathLike, *, jobs: int | Non
     out = Path(out_dir).resolve()
     (out / "videos").mkdir(parents=True, exist_ok=True)
     binary = find_ffmpeg(ffmpeg)
-    jobs = jobs or len(os.sched_getaffinity(0))
+    jobs = jobs or available_cpus()
     tasks = [(label, index) for label in range(config.classes) for index in range(config.videos_per_class)]
     paths = {task: out / "videos" / f"{video_id(*task)}.m4v" for task in tasks}
     outcome: dict[tuple[int, int], tuple[int, str]] = {}

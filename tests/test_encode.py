@@ -21,16 +21,8 @@ import pytest
 
 import cvpipe
 from cvpipe.cli import main
-from cvpipe.encode import (
-    EncodeError,
-    EncodeOptions,
-    check_output,
-    encode_file,
-    encode_frames,
-    encode_many,
-    find_ffmpeg,
-    output_path,
-)
+from cvpipe.encode import EncodeError, EncodeOptions, check_output, encode_file, encode_frames, find_ffmpeg
+from cvpipe.encode_batch import encode_many, output_path
 
 av = pytest.importorskip("av")
 

@@ -6,9 +6,11 @@ import argparse
 import os
 import signal
 import sys
+import threading
 import time
 
-from cvpipe.encode import FORMATS, EncodeOptions, encode_many, parse_size, summary
+from cvpipe.encode import FORMATS, EncodeOptions, parse_size
+from cvpipe.encode_batch import encode_many, summary
 
 
 def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"cvpipe encode: {e}", file=sys.stderr)
         return 2
-    # SIGTERM takes the Ctrl-C path, so running encodes are killed and their temporary files removed.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # SIGTERM takes the Ctrl-C path, so running encodes are killed and their temporary files
+    # removed (only the main thread may set a handler; main() may run in another).
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
     start = time.perf_counter()
     try:
         results = encode_many(args.sources, args.out, options, jobs=args.jobs, ffmpeg=args.ffmpeg, force=args.force)
@@ -64,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"cvpipe encode: {e}", file=sys.stderr)
         return 2
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     print(summary(results, time.perf_counter() - start))
     print(f"outputs in {os.path.abspath(args.out)}")
     return 1 if any(r.status == "failed" for r in results) else 0
