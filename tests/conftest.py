@@ -265,3 +265,62 @@ def extracted():
 
 
 # ===================================== end of extractor fixtures =======================
+
+
+# ======================================================================================
+# Shard job fixtures (tests/test_shard_job.py): one real local Ray cluster per test
+# session, and a small dataset of clips with bad videos mixed in.
+# ======================================================================================
+
+import os as _os
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster for the session: 2 CPUs, no dashboard, token auth off."""
+    ray = pytest.importorskip("ray")
+    _os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@dataclass(frozen=True)
+class ShardDataset:
+    manifest: Path        # JSONL, cvpipe.manifest format
+    entries: list         # its ManifestEntry list
+    good: list[str]       # ids that must end in a shard
+    bad: list[str]        # ids that must end in the errors list
+
+
+@pytest.fixture(scope="session")
+def shard_dataset(tmp_path_factory: pytest.TempPathFactory) -> ShardDataset:
+    """Eight 64x64 pans (24 frames, GOP 12; one of 25 frames in GOPs of 10, whose last GOP
+    is shorter; one of 13 frames, whose last GOP is a lone I-frame) in three splits, plus
+    a file of random bytes, a missing file and a clip with B-frames. The two bad test-split
+    ids sort last, so the last test shard (shard size 2) has no good video at all."""
+    from cvpipe.manifest import ManifestEntry, write_manifest
+
+    d = tmp_path_factory.mktemp("shard_dataset")
+    specs = [  # id, split, label, step, frames, gop
+        ("pan_a", "train", 0, (2, 1), 24, 12), ("pan_b", "train", 1, (-1, 2), 24, 12),
+        ("pan_c", "train", 0, (1.5, -0.5), 24, 12), ("gop10", "train", 1, (1, 1), 25, 10),
+        ("lone_i", "val", 0, (3, 0), 13, 12), ("pan_d", "val", 1, (0, -2), 24, 12),
+        ("pan_e", "test", 0, (-2, -1), 24, 12), ("pan_f", "test", 1, (1, 3), 24, 12),
+    ]
+    entries = []
+    for seed, (vid, split, label, step, frames, gop) in enumerate(specs):
+        path = write_pan(d / f"{vid}.m4v", step, size=(64, 64), frames=frames, gop=gop, seed=seed)
+        entries.append(ManifestEntry(vid, str(path), label, f"class{label}", split))
+    garbage = d / "garbage.m4v"
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    bframes = encode_mpeg4(_vtest(), d / "bframes.avi", "-bf", "2", seconds=1, size=(64, 64))
+    entries += [ManifestEntry("bframes", str(bframes), 0, "class0", "train"),
+                ManifestEntry("zz_garbage", str(garbage), 1, "class1", "test"),
+                ManifestEntry("zz_missing", str(d / "missing.m4v"), 0, "class0", "test")]
+    manifest = d / "manifest.jsonl"
+    write_manifest(entries, manifest)
+    return ShardDataset(manifest, entries, [s[0] for s in specs], ["bframes", "zz_garbage", "zz_missing"])
+
+
+# ===================================== end of shard job fixtures =======================

@@ -122,7 +122,7 @@ def test_integer_pan_gives_closed_form_motion(pan_clip):
     out = video.extract(range(video.num_frames), ("mv", "mv_accumulated", "blocks"))
     assert video.frame_types.count("P") >= 20
     for frame in range(video.num_frames):
-        gop, k = video.locate(frame)
+        _, k = video.locate(frame)
         if k == 0:
             continue
         mv = _interior(out["mv"][frame], (2, 1), 1)
@@ -137,7 +137,7 @@ def test_halfpel_pan_truncates_toward_zero(halfpel_pan_clip):
     video = cvpipe.open(halfpel_pan_clip)
     out = video.extract(range(video.num_frames), ("mv", "mv_accumulated", "blocks"))
     for frame in range(video.num_frames):
-        gop, k = video.locate(frame)
+        _, k = video.locate(frame)
         if k == 0:
             continue
         blocks = out["blocks"][frame]

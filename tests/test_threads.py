@@ -9,8 +9,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
-import numpy as np
-
 import cvpipe
 
 ALL = ("bgr", "mv", "mv_accumulated", "residual", "residual_accumulated", "blocks")
