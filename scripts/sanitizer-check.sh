@@ -19,7 +19,15 @@ started=$SECONDS
 echo "== building the sanitized extension in $work"
 rm -rf "$work/wheel" "$work/site" "$work/corpus" "$work/logs" "$work/selftest"
 mkdir -p "$work/wheel" "$work/logs"
-CVPIPE_SANITIZE=ON "$python" -m pip wheel --no-build-isolation --no-deps -q "$root" -w "$work/wheel" \
+# Without build isolation the CMake build dir stays valid between runs (incremental
+# rebuilds); an isolated build's pybind11 lives in a throwaway env, so start afresh.
+if "$python" -c 'import scikit_build_core, pybind11' 2>/dev/null; then
+  isolation=--no-build-isolation
+else
+  isolation=
+  rm -rf "$work/cmake"
+fi
+CVPIPE_SANITIZE=ON "$python" -m pip wheel $isolation --no-deps -q "$root" -w "$work/wheel" \
   --config-settings=build-dir="$work/cmake"
 "$python" -m pip install -q --no-deps --no-compile --target "$work/site" "$work"/wheel/cvpipe-*.whl
 built=$SECONDS
