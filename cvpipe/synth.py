@@ -18,7 +18,7 @@ So an I-frame alone cannot tell a class from its same-object twin (right from le
 left from crawl, crawl from swing, swing from spin, spin from zoom), motion alone cannot
 tell it from its same-motion twin (stripes_left from dots_left, ...), and only the two
 together name every class: the I-frame, motion-vector and residual networks each get
-part of the way (about half, with nuisance) and their fusion beats each one. The
+part of the way and their fusion beats each one (the residual sees some of both). The
 contrasts cover direction (right/left), speed (right/crawl), linear vs periodic
 (crawl/swing), rotation (spin) and zoom. `cvpipe synth --list-classes` prints the table.
 
