@@ -44,9 +44,17 @@ class EncodeResult:
     seconds: float = 0.0
 
 
-def output_path(source: str | os.PathLike, out_dir: str | os.PathLike, options: EncodeOptions) -> Path:
-    """Where `encode_many` writes a source: OUT / (source stem + the format's extension)."""
-    return Path(out_dir) / (Path(source).stem + options.extension)
+def output_path(source: str | os.PathLike, out_dir: str | os.PathLike, options: EncodeOptions,
+                tree: str | os.PathLike | None = None) -> Path:
+    """Where `encode_many` writes a source: OUT / (source stem + the format's extension),
+    or, with `tree`, OUT / (the source's path relative to `tree`, extension replaced), the
+    layout the dataset manifests expect (<class>/<video>)."""
+    if tree is None:
+        return Path(out_dir) / (Path(source).stem + options.extension)
+    relative = Path(os.path.relpath(Path(source).resolve(), Path(tree).resolve()))
+    if relative.parts[0] == os.pardir:
+        raise ValueError(f"'{source}' is not under the tree root '{tree}'")
+    return Path(out_dir) / relative.with_suffix(options.extension)
 
 
 def _state_path(output: Path) -> Path:
@@ -121,19 +129,21 @@ def _name_clashes(sources: Sequence[Path], outputs: Sequence[Path]) -> dict[int,
 
 def encode_many(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                 options: EncodeOptions = EncodeOptions(), *, jobs: int | None = None, ffmpeg: str | None = None,
-                force: bool = False, progress: bool = True) -> list[EncodeResult]:
+                force: bool = False, progress: bool = True,
+                tree: str | os.PathLike | None = None) -> list[EncodeResult]:
     """Re-encodes `sources` into `out_dir` in parallel, one result per source, in order.
 
     A source that fails (cannot be decoded, or its output fails the check) is reported
     in its result and the others go on. Two sources whose outputs would have the same
     name both fail before anything is encoded. Up-to-date outputs are skipped unless
-    `force`. On KeyboardInterrupt every running FFmpeg is killed, the temporary files
+    `force`. `tree` keeps each output's path relative to that root (see output_path).
+    On KeyboardInterrupt every running FFmpeg is killed, the temporary files
     are removed, and the interrupt is raised again.
     """
     binary = find_ffmpeg(ffmpeg)
     jobs = jobs or available_cpus()
     paths = [Path(s) for s in sources]
-    outputs = [output_path(s, out_dir, options) for s in paths]
+    outputs = [output_path(s, out_dir, options, tree) for s in paths]
     results: list[EncodeResult | None] = [None] * len(paths)
     for i, reason in _name_clashes(paths, outputs).items():
         results[i] = EncodeResult(str(paths[i]), str(outputs[i]), "failed", reason=reason)

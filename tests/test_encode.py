@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -324,3 +325,24 @@ def test_the_encoder_binary_can_be_chosen(sources: dict[str, Path], tmp_path: Pa
     with pytest.raises(FileNotFoundError, match="no-such-ffmpeg"):
         find_ffmpeg()
     assert find_ffmpeg(bundled) == bundled
+
+
+def test_tree_keeps_the_class_layout_the_manifests_read(sources: dict[str, Path], tmp_path: Path) -> None:
+    from cvpipe.manifest_sources import folder
+
+    root = tmp_path / "dataset"
+    for cls, name in [("Jump", "v_Jump_g01_c01"), ("Jump", "v_Jump_g02_c01"), ("Run", "v_Run_g01_c01")]:
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        shutil.copy(sources["mjpeg"], root / cls / f"{name}.avi")
+    out = tmp_path / "m4v"
+    results = encode_many(sorted(root.glob("*/*.avi")), out, EncodeOptions(width=64, height=48), progress=False,
+                          tree=root)
+    assert [r.status for r in results] == ["encoded"] * 3
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.m4v")) == [
+        "Jump/v_Jump_g01_c01.m4v", "Jump/v_Jump_g02_c01.m4v", "Run/v_Run_g01_c01.m4v"]
+    source = folder(out, extensions=(".m4v",))
+    assert not source.errors and not source.warnings
+    assert sorted((source.classes[v.label], v.relative) for v in source.videos) == [
+        ("Jump", "Jump/v_Jump_g01_c01.m4v"), ("Jump", "Jump/v_Jump_g02_c01.m4v"), ("Run", "Run/v_Run_g01_c01.m4v")]
+    with pytest.raises(ValueError, match="not under the tree root"):
+        output_path(sources["mjpeg"], out, EncodeOptions(), tree=root)

@@ -38,6 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="raw MPEG-4 elementary stream or AVI (default: m4v)")
     p.add_argument("--max-frames", type=int, default=None, help="encode only the first N frames of each source")
     p.add_argument("--force", action="store_true", help="re-encode even up-to-date outputs")
+    p.add_argument("--tree", default=None, metavar="ROOT",
+                   help="keep each source's path relative to ROOT under OUT (OUT/<class>/<video>.m4v for "
+                        "UCF-101 and HMDB-51 trees, as `cvpipe manifest --video-root OUT` expects); default: "
+                        "OUT/<source stem>")
     add_encoder_arguments(p)
     p.set_defaults(func=run)
 
@@ -60,11 +64,12 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
     start = time.perf_counter()
     try:
-        results = encode_many(args.sources, args.out, options, jobs=args.jobs, ffmpeg=args.ffmpeg, force=args.force)
+        results = encode_many(args.sources, args.out, options, jobs=args.jobs, ffmpeg=args.ffmpeg, force=args.force,
+                               tree=args.tree)
     except KeyboardInterrupt:
         print("cvpipe encode: interrupted; no partial outputs were left", file=sys.stderr)
         return 130
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"cvpipe encode: {e}", file=sys.stderr)
         return 2
     finally:
