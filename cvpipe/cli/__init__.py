@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `cvpipe --help` lists them.
-SUBCOMMANDS = ("info", "show", "manifest", "encode", "synth")
+SUBCOMMANDS = ("info", "show", "manifest", "encode", "synth", "shard", "verify")
 
 
 def build_parser() -> argparse.ArgumentParser:

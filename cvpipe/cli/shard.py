@@ -1,0 +1,77 @@
+"""`cvpipe shard --manifest M --out DIR`: extract every video of a manifest into
+WebDataset shards with Ray, resuming what an earlier run left in DIR.
+
+Ray: by default an embedded local cluster with --workers CPUs; `--ray-address auto` (or
+an address, or RAY_ADDRESS, as `ray job submit` sets it) joins an existing cluster. Exit
+status: 0 when every video is stored or recorded as failed and the output verifies (a
+failed video alone is not an error: see manifest.json's errors), 1 when verification
+fails, 2 for bad arguments, 130 when interrupted (run again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from cvpipe.shard_job import DEFAULT_SHARD_SIZE, run_job, summary_table
+from cvpipe.shard_schema import DEFAULT_ENCODINGS, IFRAME, JPEG_QUALITY, MV, RESIDUAL, Encoding
+from cvpipe.shard_writer import ShardOptions
+
+_PNG_LEVEL = DEFAULT_ENCODINGS[IFRAME].level
+_ZSTD_LEVEL = DEFAULT_ENCODINGS[MV].level
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("shard", help="extract a manifest's videos into WebDataset shards (Ray)",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--manifest", required=True, help="the JSONL manifest of videos (cvpipe manifest/synth)")
+    p.add_argument("--out", required=True, help="output directory: shards, records/, manifest.json")
+    p.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or "local",
+                   help="'local' starts an embedded cluster; 'auto' or HOST:PORT joins one "
+                        "(default: $RAY_ADDRESS, else local)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="CPUs of the embedded local cluster, one shard task each "
+                        "(default: this machine's CPU count; ignored when joining a cluster)")
+    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+                   help=f"videos per shard (default: {DEFAULT_SHARD_SIZE})")
+    p.add_argument("--positions", default="all",
+                   help="P positions of each GOP whose accumulated MV and residual are stored: "
+                        "'all', 'everyN' (1, 1+N, ...) or a list such as '1,5,11' (default: all)")
+    p.add_argument("--iframe-format", choices=("png", "jpeg"), default="png",
+                   help=f"I-frames as lossless PNG (zlib level {_PNG_LEVEL}) or JPEG (lossy, "
+                        f"--jpeg-quality) (default: png)")
+    p.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY,
+                   help=f"JPEG quality 1..95 for --iframe-format jpeg (default: {JPEG_QUALITY})")
+    p.add_argument("--zstd-level", type=int, default=_ZSTD_LEVEL,
+                   help=f"zstd level of the MV and residual members, 1..22 (default: {_ZSTD_LEVEL})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def options_from_args(args: argparse.Namespace) -> ShardOptions:
+    iframe = (Encoding("png", level=_PNG_LEVEL) if args.iframe_format == "png"
+              else Encoding("jpeg", quality=args.jpeg_quality))
+    dense = Encoding("npy.zst", level=args.zstd_level)
+    return ShardOptions(positions=args.positions, encodings={IFRAME: iframe, MV: dense, RESIDUAL: dense})
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        options = options_from_args(args)
+        result = run_job(args.manifest, args.out, options, shard_size=args.shard_size, workers=args.workers,
+                         ray_address=args.ray_address, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"cvpipe shard: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cvpipe shard: interrupted; finished shards are kept in {args.out}: run the same command to resume",
+              file=sys.stderr)
+        return 130
+    for path in result.removed:
+        print(f"removed stale {path}")
+    print(f"cvpipe shard: {args.out}")
+    print(summary_table(result))
+    for problem in result.report.problems:
+        print(f"  problem: {problem}", file=sys.stderr)
+    return 0 if result.ok else 1

@@ -1,0 +1,205 @@
+"""The shard job on a real local Ray cluster (the session's `ray_cluster`) and real clips.
+
+The dataset (`shard_dataset` in conftest.py) mixes eight good clips with a file of
+random bytes, a missing file and a clip with B-frames. One clean run is the reference;
+the fault-injected, resumed and re-optioned runs are compared with it byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cvpipe
+from cvpipe import coviar
+from cvpipe import shard_schema as ss
+from cvpipe.cli import main as cli
+from cvpipe.shard_job import FAULT_ENV, RECORDS_DIR, run_job
+from cvpipe.shard_verify import verify
+from cvpipe.shard_writer import ShardOptions
+
+wds = pytest.importorskip("webdataset")
+
+SHARD_SIZE = 2
+# Ids sorted within each split, two per shard; test-000001 holds only the two bad test videos.
+PLANNED = {"train-000000": ["bframes", "gop10"], "train-000001": ["pan_a", "pan_b"], "train-000002": ["pan_c"],
+           "val-000000": ["lone_i", "pan_d"], "test-000000": ["pan_e", "pan_f"],
+           "test-000001": ["zz_garbage", "zz_missing"]}
+
+
+@pytest.fixture(scope="module")
+def clean_run(ray_cluster, shard_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean") / "shards"
+    result = run_job(shard_dataset.manifest, out, shard_size=SHARD_SIZE, progress=False)
+    return out, result
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    """What a reader sees: manifest.json and every tar, by name."""
+    return {p.name: p.read_bytes() for p in sorted([*out.glob("*.tar"), out / "manifest.json"])}
+
+
+def _samples(out: Path) -> dict[str, dict]:
+    """Every sample of every shard, read by WebDataset itself, by key (each must be unique)."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    urls = [str(out / s["name"]) for s in manifest["shards"]]
+    samples = list(wds.WebDataset(urls, shardshuffle=False))
+    keys = Counter(s["__key__"] for s in samples)
+    assert max(keys.values()) == 1, keys
+    return {s["__key__"]: s for s in samples}
+
+
+def test_every_video_is_in_one_shard_or_in_the_errors(clean_run, shard_dataset):
+    out, result = clean_run
+    assert result.ok, result.report.problems
+    manifest = result.manifest
+    assert [s["name"] for s in manifest["shards"]] == [f"{n}.tar" for n in PLANNED if n != "test-000001"]
+    assert not (out / "test-000001.tar").exists()   # all its videos failed: no empty shard
+    assert sorted(p.name for p in out.glob("*.tar")) == sorted(s["name"] for s in manifest["shards"])
+    for shard in manifest["shards"]:
+        assert shard["ids"] == [v for v in PLANNED[shard["name"][:-4]] if v in shard_dataset.good]
+
+    errors = {e["id"]: e for e in manifest["errors"]}
+    assert sorted(errors) == sorted(shard_dataset.bad)
+    paths = {e.id: e.path for e in shard_dataset.entries}
+    for vid, error in errors.items():
+        assert error["path"] == paths[vid]
+    assert errors["zz_garbage"]["reason"].startswith("InvalidVideoError") and "garbage.m4v" in errors["zz_garbage"]["reason"]
+    assert errors["zz_missing"]["reason"].startswith("FileNotFoundError")
+    assert errors["bframes"]["reason"].startswith("UnsupportedVideoError")
+
+    samples = _samples(out)
+    assert sorted(samples) == sorted(shard_dataset.good)
+    by_id = {e.id: e for e in shard_dataset.entries}
+    for key, sample in samples.items():
+        header = ss.Header.from_json(sample["json"])
+        entry = by_id[key]
+        assert (header.id, header.label, header.label_name, header.split, header.source) == \
+               (entry.id, entry.label, entry.label_name, entry.split, entry.path)
+        assert sorted(k for k in sample if not k.startswith("__")) == sorted(["json", *header.fields()])
+
+    good = [by_id[v] for v in shard_dataset.good]
+    totals = manifest["totals"]
+    assert (totals["videos"], totals["samples"], totals["failed"]) == (len(shard_dataset.entries), 8, 3)
+    assert totals["frames"] == sum(cvpipe.open(e.path).num_frames for e in good)
+    assert {s: v["samples"] for s, v in manifest["splits"].items()} == dict(Counter(e.split for e in good))
+    assert {s: v["failed"] for s, v in manifest["splits"].items()} == {"train": 1, "val": 0, "test": 2}
+    for row in manifest["classes"]:
+        assert sum(row[s] for s in ("train", "val", "test")) == sum(e.label == row["label"] for e in good)
+
+
+@pytest.mark.parametrize("vid", ["gop10", "pan_b", "lone_i"])
+def test_every_member_round_trips_to_coviar_load(clean_run, shard_dataset, vid):
+    """Decoded members equal cvpipe.coviar.load's arrays after CoViAR's quantisation."""
+    out, _ = clean_run
+    sample = _samples(out)[vid]
+    header = ss.Header.from_json(sample["json"])
+    path = header.source
+    video = cvpipe.open(path)
+    assert header.gop_starts == video.gop_starts and header.num_frames == video.num_frames
+    sizes = [video.gop_size(g) for g in range(video.num_gops)]
+    assert header.positions == tuple(tuple(range(1, n)) for n in sizes)   # default: every P position
+    checked = Counter()
+    for field in header.fields():
+        kind, gop, pos, _ = ss.parse_field(field)
+        stored = header.decode(kind, sample[field])
+        if kind == ss.IFRAME:
+            expected = coviar.load(path, gop, pos, coviar.IFRAME, False)
+        elif kind == ss.MV:
+            expected = ss.quantise_mv(coviar.load(path, gop, pos, coviar.MV, True))
+        else:
+            expected = ss.quantise_residual(coviar.load(path, gop, pos, coviar.RESIDUAL, True))
+        assert np.array_equal(stored, expected), field
+        checked[kind] += 1
+    assert checked[ss.IFRAME] == video.num_gops
+    assert checked[ss.MV] == checked[ss.RESIDUAL] == sum(n - 1 for n in sizes)
+    # The clips move, so the stored motion is not all "no motion" (128).
+    assert any((header.decode(ss.MV, sample[f]) != 128).any() for f in header.fields() if ".mv." in f)
+
+
+def test_verify_passes_and_catches_tampering(clean_run, tmp_path):
+    out, _ = clean_run
+    assert cli(["verify", str(out), "--deep"]) == 0
+
+    copy = Path(shutil.copytree(out, tmp_path / "copy"))
+    tampered = copy / "train-000001.tar"
+    data = bytearray(tampered.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    truncated = copy / "val-000000.tar"
+    truncated.write_bytes(truncated.read_bytes()[:20000])
+    shutil.copy(copy / "train-000002.tar", copy / "train-000099.tar")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    missing = manifest["errors"].pop()
+    manifest["errors"].append({"id": "pan_a", "path": "x", "reason": "listed twice"})
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+
+    problems = "\n".join(verify(copy).problems)
+    assert "train-000001.tar: " in problems and "SHA-256" in problems
+    assert "val-000000.tar: no end-of-archive marker after 1 samples" in problems
+    assert "train-000099.tar: a tar that manifest.json does not list" in problems
+    assert f"video {missing['id']!r} of the source manifest is in no shard" in problems
+    assert "video 'pan_a' is listed 2 times" in problems
+    assert "train-000000.tar" not in problems and "test-000000.tar" not in problems
+    assert cli(["verify", str(copy)]) == 1
+
+
+def test_a_killed_worker_is_retried_and_the_output_is_unchanged(clean_run, shard_dataset, tmp_path, monkeypatch,
+                                                                capsys):
+    """Fault injection: the task of train-000001 SIGKILLs its own worker after one sample,
+    on the first attempt; Ray's retry must give byte-identical output. Runs through the CLI."""
+    clean, _ = clean_run
+    out = tmp_path / "faulty"
+    monkeypatch.setenv(FAULT_ENV, "train-000001")
+    status = cli(["shard", "--manifest", str(shard_dataset.manifest), "--out", str(out),
+                  "--shard-size", str(SHARD_SIZE), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert (out / ".fault-killed-train-000001").exists()   # touched right before the SIGKILL
+    assert _snapshot(out) == _snapshot(clean)
+    assert not list(out.rglob("*.tmp-*"))
+    assert "11 (8 stored, 3 failed)" in printed and "verified  OK" in printed
+
+
+def test_resume_keeps_finished_shards_and_rebuilds_the_rest(clean_run, shard_dataset, tmp_path):
+    clean, _ = clean_run
+    out = Path(shutil.copytree(clean, tmp_path / "resumed"))
+    (out / "train-000001.tar").unlink()                   # a shard that never landed
+    (out / RECORDS_DIR / "val-000000.json").unlink()      # landed, but its record did not
+    damaged = out / "test-000000.tar"                     # changed on disk since
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"!")
+    (out / "train-000002.tar.tmp-0123abcd").write_bytes(b"half a shard")    # a dead attempt
+    shutil.copy(out / "train-000000.tar", out / "train-000007.tar")          # not in this plan
+    kept_mtime = (out / "train-000000.tar").stat().st_mtime_ns
+
+    result = run_job(shard_dataset.manifest, out, shard_size=SHARD_SIZE, progress=False)
+    assert result.ok, result.report.problems
+    assert (result.kept, result.built) == (3, 3)   # train-000000, train-000002, the empty test-000001
+    assert (out / "train-000000.tar").stat().st_mtime_ns == kept_mtime
+    assert sorted(result.removed) == ["train-000002.tar.tmp-0123abcd", "train-000007.tar"]
+    assert _snapshot(out) == _snapshot(clean)
+    assert not list(out.rglob("*.tmp-*"))
+
+
+def test_other_options_rebuild_every_shard(clean_run, shard_dataset, tmp_path):
+    clean, _ = clean_run
+    out = Path(shutil.copytree(clean, tmp_path / "every2"))
+    options = ShardOptions(positions="every2", encodings=dict(ss.DEFAULT_ENCODINGS) | {
+        ss.IFRAME: ss.Encoding("jpeg", quality=90)})
+    result = run_job(shard_dataset.manifest, out, options, shard_size=SHARD_SIZE, progress=False)
+    assert result.ok, result.report.problems
+    assert (result.kept, result.built) == (0, len(PLANNED))
+    assert result.manifest["options"]["positions"] == "every2"
+    assert result.manifest["totals"]["bytes"] < json.loads((clean / "manifest.json").read_text())["totals"]["bytes"]
+    sample = _samples(out)["gop10"]
+    header = ss.Header.from_json(sample["json"])
+    assert header.positions == ((1, 3, 5, 7, 9), (1, 3, 5, 7, 9), (1, 3))
+    frame = header.decode(ss.IFRAME, sample[header.field(ss.IFRAME, 1)])
+    assert frame.shape == (64, 64, 3)
+    assert np.abs(frame.astype(int) - coviar.load(header.source, 1, 0, coviar.IFRAME, False)).mean() < 8
+    assert verify(out, deep=True).ok
