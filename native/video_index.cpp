@@ -72,6 +72,8 @@ VideoIndex index_video(const std::string& path) {
   const int stream = av_find_best_stream(fmt.get(), AVMEDIA_TYPE_VIDEO, -1, -1, nullptr, 0);
   if (stream < 0) throw InvalidVideo("'" + path + "' has no video stream");
   const AVCodecParameters* par = fmt->streams[stream]->codecpar;
+  // FFmpeg's tty demuxer takes any text file for ANSI art: that is not a video to re-encode.
+  if (par->codec_id == AV_CODEC_ID_ANSI) throw InvalidVideo("'" + path + "' is a text file, not a video");
   if (par->codec_id != AV_CODEC_ID_MPEG4) {
     throw UnsupportedVideo("'" + path + "' is coded with " + codec_description(par->codec_id) +
                            "; cvpipe extracts from MPEG-4 Part 2 only (re-encode it with `cvpipe encode`)");
