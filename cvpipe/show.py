@@ -54,9 +54,12 @@ def render(video: Video, frame: int, out: str | os.PathLike, arrow_step: int = 1
     if len(blocks):
         moving = blocks[(blocks["motion_x"] != 0) | (blocks["motion_y"] != 0)][::arrow_step]
         motion = subpel_motion(moving)
-        # Arrows point from where the block came from to where it is (dst - src).
+        # Arrows point from where the block came from to where it is (dst - src), drawn
+        # `gain` times longer so a 1-pixel motion is still visible at a block's size.
+        gain = max(1.0, 12.0 / max(float(np.abs(motion).max(initial=0.0)), 1e-6))
         axes[0].quiver(moving["dst_x"], moving["dst_y"], -motion[:, 0], -motion[:, 1], color="yellow",
-                       angles="xy", scale_units="xy", scale=1, width=0.003)
+                       angles="xy", scale_units="xy", scale=1 / gain, width=0.004)
+        axes[0].set_xlabel(f"arrows: block motion x{gain:.0f}")
         axes[0].set_xlim(-0.5, video.width - 0.5)
         axes[0].set_ylim(video.height - 0.5, -0.5)
     axes[0].set_title(f"frame {frame} ({video.frame_types[frame]}), GOP {gop} position {position}\n"
