@@ -1,0 +1,80 @@
+"""The contract between the training loop and a data source.
+
+`fit` and `evaluate` only ever see a `DataModule`: the shard reader (`trainer.data`)
+implements it over WebDataset shards, `trainer.tensor_data` over small in-memory tensors
+for tests and benchmarks. `open_data` picks one by `data.source`.
+
+A data module is built for one modality, one rank of a world, and one seed. Its batches:
+
+    input: float32 (B, S, C, H, W), already normalised as CoViAR does (C = 3 for "iframe"
+           and "residual", 2 for "mv"; H = W = data.input_size)
+    label: int64 (B,)
+    id:    list of B video ids (str)
+
+Rules that make DDP and resuming exact:
+- `train_batches(epoch)` never ends (resampled); the loop takes `steps_per_epoch` batches
+  from it. Every rank reports the same `steps_per_epoch` (from manifest counts, not from
+  what its shards happen to hold), so no rank waits for a gradient all-reduce that never
+  comes. What it yields is a function of (seed, epoch, rank) only, so epoch e of a
+  resumed run sees exactly the batches of an uninterrupted one.
+- `eval_batches(split)` ends, and across all ranks yields every video of the split
+  exactly once (ranks may get different numbers of videos and batches: evaluation has
+  no per-batch collectives). Segments per video: data.eval_segments, taken at the
+  segment centres.
+- `split_size(split)` is the number of videos in the split (from the manifest), which
+  evaluation checks its gathered count against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol, TypedDict
+
+from torch import Tensor
+
+from trainer.config import Config
+
+SPLITS = ("val", "test")
+
+
+class Batch(TypedDict):
+    input: Tensor  # (B, S, C, H, W) float32
+    label: Tensor  # (B,) int64
+    id: list[str]
+
+
+class DataModule(Protocol):
+    num_classes: int
+    class_names: Sequence[str]
+    steps_per_epoch: int  # identical on every rank
+
+    def train_batches(self, epoch: int) -> Iterable[Batch]: ...
+
+    def eval_batches(self, split: str) -> Iterable[Batch]: ...
+
+    def split_size(self, split: str) -> int: ...
+
+
+def per_rank_batch(cfg: Config, world_size: int) -> int:
+    """optim.batch_size is the recipe's batch over all ranks (CoViAR's 40 / 80); each rank
+    takes an equal share, so the global batch and hence the recipe hold on any world."""
+    if cfg.optim.batch_size % world_size:
+        raise ValueError(f"optim.batch_size {cfg.optim.batch_size} does not divide over {world_size} ranks")
+    return cfg.optim.batch_size // world_size
+
+
+def steps_per_epoch(train_videos: int, cfg: Config) -> int:
+    """Steps in one epoch: one pass over the training videos' count at the global batch
+    size (at least one). Every rank computes it from the same count, so all agree."""
+    return max(1, train_videos // cfg.optim.batch_size)
+
+
+def open_data(cfg: Config, *, rank: int, world_size: int) -> DataModule:
+    """The data module `cfg.data.source` names, for this rank."""
+    if cfg.data.source == "tensors":
+        from trainer.tensor_data import TensorData
+
+        return TensorData(cfg, rank=rank, world_size=world_size)
+    from trainer.data import open_shards  # the shard reader: torch + webdataset only
+
+    return open_shards(cfg, rank=rank, world_size=world_size)

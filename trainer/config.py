@@ -1,0 +1,271 @@
+"""Typed training configuration, read from TOML.
+
+A config file has the sections [model], [data], [optim] and [run] (the dataclasses
+below). Loading is strict: an unknown key, a missing required key, a value of the wrong
+type or outside its valid set is a `ConfigError` naming the key. `--set a.b=c` overrides
+are applied before that check, with values read as TOML (`c` may be a number, a list,
+`true`; text that is not TOML, such as a path, is taken as a string). The resolved config
+is written back as TOML into the run directory, and reads back equal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from trainer.models import CONV1_INITS, MODALITIES
+from trainer.resnet import ARCHS
+
+BUNDLED = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message names the key."""
+
+
+def _choices(*values: str) -> dict:
+    return {"choices": values}
+
+
+def _at_least(minimum: float) -> dict:
+    return {"min": minimum}
+
+
+@dataclass
+class ModelConfig:
+    modality: str = field(metadata=_choices(*MODALITIES))
+    arch: str = field(default="resnet18", metadata=_choices(*ARCHS))
+    width: int = field(default=64, metadata=_at_least(1))  # 64 = the published ResNets
+    pretrained: str = ""  # torchvision-layout checkpoint file; "" = random initialisation
+    conv1_init: str = field(default="random", metadata=_choices(*CONV1_INITS))  # MV conv1 from RGB weights
+
+
+@dataclass
+class TensorDataConfig:
+    """The in-memory `tensors` source: a class-dependent pattern plus noise (tests, benchmarks)."""
+
+    num_classes: int = field(default=4, metadata=_at_least(2))
+    train_videos: int = field(default=64, metadata=_at_least(1))
+    val_videos: int = field(default=16, metadata=_at_least(1))
+    test_videos: int = field(default=16, metadata=_at_least(1))
+    noise: float = field(default=1.0, metadata=_at_least(0))
+
+
+@dataclass
+class DataConfig:
+    source: str = field(default="shards", metadata=_choices("shards", "tensors"))
+    root: str = ""  # folder with the shards and their manifest.json
+    num_segments: int = field(default=3, metadata=_at_least(1))  # TSN segments in training
+    eval_segments: int = field(default=3, metadata=_at_least(1))  # segments per video in evaluation
+    input_size: int = field(default=224, metadata=_at_least(16))
+    workers: int = field(default=4, metadata=_at_least(0))  # data-loader processes per rank
+    tensors: TensorDataConfig = field(default_factory=TensorDataConfig)
+
+
+@dataclass
+class OptimConfig:
+    """Adam with CoViAR's step schedule and per-layer learning-rate multipliers."""
+
+    lr: float = field(metadata=_at_least(0))
+    epochs: int = field(metadata=_at_least(1))
+    batch_size: int = field(metadata=_at_least(1))  # videos per step over all ranks
+    lr_steps: list[int] = field(default_factory=list)  # epochs where lr is multiplied by lr_decay
+    lr_decay: float = 0.1
+    weight_decay: float = field(default=1e-4, metadata=_at_least(0))
+    eps: float = field(default=1e-3, metadata=_at_least(0))
+    lr_mult_stem: float = 0.1  # conv1, bn1, data_bn of the MV and residual networks
+    lr_mult_body: float = 0.01
+    lr_mult_fc: float = 1.0
+    decay_norm: bool = True  # CoViAR decays BatchNorm weights (never biases)
+
+
+@dataclass
+class RunConfig:
+    dir: str  # "{modality}" is replaced by model.modality
+    seed: int = 0
+    eval_every: int = field(default=1, metadata=_at_least(1))  # validate every N epochs (and the last)
+    save_every: int = field(default=0, metadata=_at_least(0))  # keep a checkpoint every N epochs; 0 = never
+    resume: bool = True  # continue from DIR/last.pt when it exists
+    device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
+    amp: bool = True  # bf16 autocast on CUDA
+    channels_last: bool = True  # on CUDA
+    compile: bool = False  # torch.compile the training model
+    progress: bool = True  # progress bars on rank 0
+
+
+@dataclass
+class Config:
+    model: ModelConfig
+    optim: OptimConfig
+    run: RunConfig
+    data: DataConfig = field(default_factory=DataConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.dir.replace("{modality}", self.model.modality))
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """`value` checked against the annotation `tp` (bool is never an int; an int is a float)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return _build(tp, value, key)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list of {_type_name(item)}, got {value!r}")
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (bool, int, float, str) and type(value) is tp:
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in data:
+        if name not in fields:
+            raise ConfigError(f"unknown key {prefix}{'.' if prefix else ''}{name}; valid in "
+                              f"[{prefix or 'top level'}]: {', '.join(fields)}")
+    values = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"missing required key {key}")
+            continue
+        value = _convert(data[name], hints[name], key)
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+        minimum = f.metadata.get("min")
+        if minimum is not None and (value < minimum or (isinstance(value, float) and math.isnan(value))):
+            raise ConfigError(f"{key}: {value!r} is below the minimum {minimum}")
+        values[name] = value
+    return cls(**values)
+
+
+def _field_type(path: list[str]) -> Any:
+    """The annotation at a dotted path of `Config`, or None where the path is not in the schema."""
+    tp: Any = Config
+    for name in path:
+        if not dataclasses.is_dataclass(tp):
+            return None
+        hints = typing.get_type_hints(tp)
+        if name not in hints:
+            return None
+        tp = hints[name]
+    return tp
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Applies one `a.b.c=value` to the raw TOML dict `data`."""
+    key, sep, text = assignment.partition("=")
+    path = key.strip().split(".")
+    if not sep or not all(path):
+        raise ConfigError(f"override {assignment!r}: expected KEY=VALUE with a dotted KEY such as optim.lr=0.01")
+    if _field_type(path) is str:
+        value: Any = text
+    else:
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+    table = data
+    for name in path[:-1]:
+        table = table.setdefault(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"override {assignment!r}: {name} is not a table")
+    table[path[-1]] = value
+
+
+def resolve_path(name: str | os.PathLike) -> Path:
+    """A config file path, or the name of a bundled config (`ucf101_iframe`, `tiny_synth`)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    bundled = BUNDLED / f"{path.name.removesuffix('.toml')}.toml"
+    if path.parent == Path(".") and bundled.is_file():
+        return bundled
+    names = ", ".join(sorted(p.stem for p in BUNDLED.glob("*.toml")))
+    raise ConfigError(f"no config file {str(name)!r}; bundled configs: {names}")
+
+
+def from_dict(data: dict, overrides: typing.Sequence[str] = ()) -> Config:
+    data = json.loads(json.dumps(data))  # a deep copy the overrides may change
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return _build(Config, data, "")
+
+
+def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Config:
+    """Reads a config file (or bundled config name), applies `--set` overrides, checks it."""
+    path = resolve_path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    try:
+        return from_dict(data, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+# ----------------------------------------------------------------------------------- writing
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string: JSON's escapes are TOML's
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def _toml_table(data: dict, name: str, lines: list[str]) -> None:
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    if name and scalars:
+        lines.append(f"[{name}]")
+    lines += [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+    if scalars:
+        lines.append("")
+    for key, table in data.items():
+        if isinstance(table, dict):
+            _toml_table(table, f"{name}.{key}" if name else key, lines)
+
+
+def to_toml(config: Config) -> str:
+    lines: list[str] = []
+    _toml_table(dataclasses.asdict(config), "", lines)
+    return "\n".join(lines)
+
+
+def save_config(config: Config, path: str | os.PathLike) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(to_toml(config))
+    os.replace(tmp, path)
