@@ -6,8 +6,8 @@ single-threaded, each figure the median of several repeats after a warm-up, in w
 
 1. whole-video extraction (I-frame BGR + accumulated MV + accumulated residual, and all
    five dense representations) against plain single-thread FFmpeg decode of the same
-   file: the CLI as the issue states it (`ffmpeg -threads 1 -i F -f null -`, process wall
-   time), its `-benchmark` decode-loop time (the same FFmpeg 5.1 we link, without process
+   file: the CLI as the issue states it (`ffmpeg -threads 1 -i F -f null -`, the whole
+   process), its `-benchmark` decode-loop time (the same FFmpeg 5.1 we link, without process
    start-up) and PyAV in-process (it bundles a newer FFmpeg). Also open() alone, and
    extraction in chunks of one GOP, under the default allocator and with freed memory
    kept mapped for reuse (measured last: that setting is process-wide), which shows the
@@ -19,7 +19,7 @@ single-threaded, each figure the median of several repeats after a warm-up, in w
    against PyAV decoding the same GOPs as far.
 3. MV-only mode (skip_idct) against the full decode of the same representations.
 
-Run: python benchmarks/bench_extract.py [--quick] [--workdir DIR]
+Run: python benchmarks/bench_extract.py [--quick] [--clock cpu] [--workdir DIR]
 """
 
 from __future__ import annotations
