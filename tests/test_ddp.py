@@ -17,11 +17,13 @@ import numpy as np
 import pytest
 import torch
 
+import trainer
 from trainer import checkpoint
 from trainer.distributed import Dist
 from trainer.evaluate import evaluate_runs
 
-ROOT = Path(__file__).resolve().parents[1]
+# The children import the same trainer package as this process (installed or source tree).
+PACKAGE_PARENT = Path(trainer.__file__).resolve().parents[1]
 TIMEOUT = 180  # seconds; a hang (a rank waiting on a collective) fails here
 
 CONFIG = """
@@ -57,12 +59,13 @@ progress = false
 """
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "trainer.cli", *args]
     try:
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"torchrun {' '.join(args)} did not finish in {TIMEOUT} s (a rank hung?)\n{e.stderr}")
     assert done.returncode == 0, f"torchrun {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
@@ -74,7 +77,7 @@ def ddp_run(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("ddp")
     config = base / "ddp.toml"
     config.write_text(CONFIG.format(dir=base / "run"))
-    torchrun("fit", "--config", str(config))
+    torchrun("fit", "--config", str(config), cwd=base)
     return base / "run"
 
 
@@ -99,7 +102,7 @@ def test_distributed_validation_equals_one_process(ddp_run):
 
 
 def test_distributed_eval_covers_every_video_once(ddp_run):
-    torchrun("eval", str(ddp_run), "--split", "test")
+    torchrun("eval", str(ddp_run), "--split", "test", cwd=ddp_run.parent)
     out = ddp_run / "eval" / "test"
     metrics = json.loads((out / "metrics.json").read_text())["residual"]
     assert metrics["videos"] == metrics["expected_videos"] == 9

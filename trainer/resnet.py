@@ -115,8 +115,7 @@ class ResNet(nn.Module):
             raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHS)}")
         block, blocks = ARCHS[arch]
         self.arch = arch
-        self.width = width
-        self._channels = width
+        self._channels = width  # input channels of the next stage, while building
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
@@ -127,7 +126,6 @@ class ResNet(nn.Module):
         self.layer4 = self._stage(block, width * 8, blocks[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(width * 8 * block.expansion, num_classes)
-        self.feature_channels = tuple(width * m * block.expansion for m in (1, 2, 4))
 
         # torchvision's initialisation, so a network trained from scratch behaves like one.
         for module in self.modules():
