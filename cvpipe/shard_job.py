@@ -12,10 +12,12 @@ record's size and SHA-256, is kept; the rest are built. After the tasks, manifes
 written (atomically) and the output is verified (cvpipe.shard_verify): the run fails if
 any manifest entry is not in exactly one shard or the errors list.
 
-Fault injection for tests: CVPIPE_FAULT_KILL_ONCE=NAME (a shard name without .tar) makes
-the task of that shard SIGKILL its own worker process after its first sample, on the
-first attempt only (a marker file in the output directory, `.fault-killed-NAME`,
-remembers the attempt; the next run removes it).
+Fault injection for tests, by shard name (without .tar), read by the driver:
+- CVPIPE_FAULT_KILL_ONCE=NAME: the task of that shard SIGKILLs its own worker process
+  after its first sample, on the first attempt only (a marker file in the output
+  directory, `.fault-killed-NAME`, remembers the attempt; the next run removes it);
+- CVPIPE_FAULT_STALL=NAME: the task of that shard stops after its first sample and waits
+  until it is killed, so a test can interrupt the driver at a known point.
 """
 
 from __future__ import annotations
@@ -30,17 +32,18 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
 from cvpipe.manifest import SPLITS, ManifestEntry, read_manifest
 from cvpipe.shard_schema import SCHEMA_VERSION
-from cvpipe.shard_verify import MANIFEST_NAME, VerifyReport, read_output_manifest, verify
+from cvpipe.shard_verify import MANIFEST_NAME, VerifyReport, verify
 from cvpipe.shard_writer import ShardOptions, Timings, write_json_atomic, write_shard
 
 RECORDS_DIR = "records"
-FAULT_ENV = "CVPIPE_FAULT_KILL_ONCE"
+FAULT_KILL_ENV = "CVPIPE_FAULT_KILL_ONCE"
+FAULT_STALL_ENV = "CVPIPE_FAULT_STALL"
 DEFAULT_SHARD_SIZE = 32
 MAX_RETRIES = 3
 _SHARD_FILE = re.compile(rf"(?:{'|'.join(SPLITS)})-\d{{6}}\.tar")
@@ -64,6 +67,19 @@ class ShardPlan:
     def ids(self) -> list[str]:
         return [e.id for e in self.entries]
 
+    def fingerprint(self) -> list[dict[str, Any]]:
+        """The entries with their source files' size and mtime: a record made for another
+        fingerprint (an entry relabelled, a video re-encoded in place) is not kept."""
+        return [asdict(e) | _stat(e.path) for e in self.entries]
+
+
+def _stat(path: str) -> dict[str, int | None]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {"size": None, "mtime_ns": None}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
 
 def plan_shards(entries: Sequence[ManifestEntry], shard_size: int) -> list[ShardPlan]:
     """Splits in SPLITS order, ids sorted, `shard_size` videos per shard."""
@@ -82,14 +98,16 @@ def plan_shards(entries: Sequence[ManifestEntry], shard_size: int) -> list[Shard
 
 # --- The task -------------------------------------------------------------------------
 
-def build_shard(plan: ShardPlan, out_dir: str, options: dict[str, Any], kill_once: bool) -> dict[str, Any]:
-    """Writes one shard and its record; returns the record. Runs in a Ray worker."""
+def build_shard(plan: ShardPlan, out_dir: str, options: dict[str, Any], fault: str | None = None) -> dict[str, Any]:
+    """Writes one shard and its record; returns the record. Runs in a Ray worker.
+    `fault`: None, or "kill" or "stall" (see the module's fault injection)."""
     started = time.perf_counter()
     out = Path(out_dir)
-    after_sample = _kill_once_hook(out, plan.name) if kill_once else None
+    planned = plan.fingerprint()
+    after_sample = _fault_hook(out, plan.name, fault)
     result = write_shard(out / plan.tar_name, plan.entries, ShardOptions.from_json(options), after_sample)
     record = {
-        "name": plan.name, "planned": plan.ids, "options": options,
+        "name": plan.name, "planned": planned, "options": options,
         "ids": result.ids, "bytes": result.bytes, "sha256": result.sha256, "frames": result.frames,
         "members": result.members, "source_bytes": result.source_bytes, "errors": result.errors,
         "timings": asdict(result.timings) | {"task": time.perf_counter() - started},
@@ -98,16 +116,27 @@ def build_shard(plan: ShardPlan, out_dir: str, options: dict[str, Any], kill_onc
     return record
 
 
-def _kill_once_hook(out: Path, name: str):
+def _fault_hook(out: Path, name: str, fault: str | None) -> Callable[[int], None] | None:
     marker = out / f".fault-killed-{name}"
-    if marker.exists():
-        return None
+    if fault == "kill" and not marker.exists():
+        def kill(samples_written: int) -> None:
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
 
-    def kill(samples_written: int) -> None:
-        marker.touch()
-        os.kill(os.getpid(), signal.SIGKILL)
+        return kill
+    if fault == "stall":
+        def stall(samples_written: int) -> None:
+            while True:
+                time.sleep(60)
 
-    return kill
+        return stall
+    return None
+
+
+def _fault_for(name: str) -> str | None:
+    if os.environ.get(FAULT_KILL_ENV) == name:
+        return "kill"
+    return "stall" if os.environ.get(FAULT_STALL_ENV) == name else None
 
 
 # --- Resume ---------------------------------------------------------------------------
@@ -126,7 +155,7 @@ def kept_record(out: Path, plan: ShardPlan, options: dict[str, Any]) -> dict[str
         record = read_json(out / RECORDS_DIR / f"{plan.name}.json")
     except (OSError, ValueError):
         return None
-    if record.get("planned") != plan.ids or record.get("options") != options:
+    if record.get("planned") != plan.fingerprint() or record.get("options") != options:
         return None
     tar = out / plan.tar_name
     if not record["ids"]:
@@ -187,9 +216,11 @@ class JobResult:
 
     manifest: dict[str, Any]
     report: VerifyReport
-    built: int = 0
-    kept: int = 0
+    built: int = 0                     # shards built by this run
+    kept: int = 0                      # shards kept from an earlier run
+    built_videos: int = 0
     seconds: float = 0.0
+    ray_seconds: float = 0.0           # part of `seconds` spent starting (joining) and stopping Ray
     timings: Timings = field(default_factory=Timings)
     task_seconds: float = 0.0          # summed wall time inside the tasks built this run
     removed: list[str] = field(default_factory=list)
@@ -219,18 +250,23 @@ def run_job(manifest: str | os.PathLike, out_dir: str | os.PathLike, options: Sh
     options_json = options.to_json()
     records = {p.name: r for p in plans if (r := kept_record(out, p, options_json)) is not None}
     todo = [p for p in plans if p.name not in records]
-    result = JobResult({}, VerifyReport(str(out)), built=len(todo), kept=len(records), removed=removed)
+    result = JobResult({}, VerifyReport(str(out)), built=len(todo), kept=len(records),
+                       built_videos=sum(len(p.entries) for p in todo), removed=removed)
 
     failed_tasks: dict[str, str] = {}
     if todo:
+        connecting = time.perf_counter()
         started_ray = connect(ray_address, workers)
+        result.ray_seconds = time.perf_counter() - connecting
         try:
             _run_tasks(todo, out, options_json, records, failed_tasks, result,
                        initial=sum(len(p.entries) for p in plans if p.name in records),
                        total=len(entries), progress=progress)
         finally:
             if started_ray:
+                stopping = time.perf_counter()
                 ray.shutdown()
+                result.ray_seconds += time.perf_counter() - stopping
     clean_output(out, plans, fault_markers=False)
 
     result.manifest = output_manifest(manifest, entries, plans, records, failed_tasks, options_json, shard_size)
@@ -245,8 +281,7 @@ def _run_tasks(todo: list[ShardPlan], out: Path, options_json: dict, records: di
     import ray
 
     task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(build_shard)
-    fault = os.environ.get(FAULT_ENV)
-    pending = {task.remote(p, str(out.resolve()), options_json, p.name == fault): p for p in todo}
+    pending = {task.remote(p, str(out.resolve()), options_json, _fault_for(p.name)): p for p in todo}
     failures = sum(len(r["errors"]) for r in records.values())
     with tqdm(total=total, initial=initial, unit="video", desc="shard", disable=not progress,
               dynamic_ncols=True) as bar:
@@ -335,7 +370,8 @@ def summary_table(result: JobResult) -> str:
         ("shards", f"{totals['shards']} ({result.built} built, {result.kept} kept from an earlier run)"),
         ("bytes", f"{totals['bytes'] / mib:.1f} MiB, {totals['bytes'] / samples / mib:.2f} MiB per video "
                   f"(source {totals['source_bytes'] / samples / mib:.2f} MiB per video)"),
-        ("time", f"{result.seconds:.1f} s, {totals['videos'] / max(result.seconds, 1e-9):.2f} videos/s"),
+        ("time", f"{result.seconds:.1f} s (Ray start and stop {result.ray_seconds:.1f} s), "
+                 f"{result.built_videos / max(result.seconds - result.ray_seconds, 1e-9):.2f} videos/s built"),
         ("failures", f"{totals['failed']}" + (" (see manifest.json 'errors')" if totals["failed"] else "")),
         ("verified", "OK" if result.report.ok else f"{len(result.report.problems)} problem(s)"),
     ]

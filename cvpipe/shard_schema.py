@@ -30,7 +30,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import zstandard
@@ -59,27 +59,39 @@ QUANTISATION = {
 
 # --- Quantisation ---------------------------------------------------------------------
 
-def quantise_mv(mv: np.ndarray) -> np.ndarray:
-    """CoViAR's MV network input: clip(trunc(mv * 127.5 / 20) + 128, 0, 255) as uint8.
+def _mv_table() -> np.ndarray:
+    """The quantised value of every motion value in -21..21, indexed by the value's
+    two's-complement byte (what casting the clipped int16 to uint8 gives)."""
+    values = np.arange(256).astype(np.uint8).view(np.int8).astype(np.int64)
+    # mv * 6.375 = mv * 51 / 8 exactly; shifting the magnitude truncates toward zero as
+    # CoViAR's float-to-int cast does.
+    scaled = values * 51
+    truncated = np.sign(scaled) * (np.abs(scaled) >> 3)
+    return np.clip(truncated + 128, 0, 255).astype(np.uint8)
 
-    Integer arithmetic, exact for any integer input: mv * 6.375 = mv * 51 / 8, and the
-    shift of the magnitude truncates toward zero as CoViAR's float-to-int cast does.
-    """
+
+_MV_TABLE = _mv_table()
+
+
+def quantise_mv(mv: np.ndarray) -> np.ndarray:
+    """CoViAR's MV network input: clip(trunc(mv * 127.5 / 20) + 128, 0, 255) as uint8."""
     mv = np.asarray(mv)
-    if not np.issubdtype(mv.dtype, np.integer):
-        raise TypeError(f"motion vectors must be integers (CoViAR's int32 or cvpipe's int16), not {mv.dtype}")
-    # |mv| >= 21 saturates either way (21 * 6.375 > 127); clipping first keeps int16 safe.
-    x = np.clip(mv, -MV_BOUND - 1, MV_BOUND + 1).astype(np.int16) * np.int16(51)
-    magnitude = np.abs(x) >> 3
-    return np.clip(np.where(x < 0, -magnitude, magnitude) + 128, 0, 255).astype(np.uint8)
+    if not np.issubdtype(mv.dtype, np.signedinteger):
+        raise TypeError(f"motion vectors must be signed integers (CoViAR's int32 or cvpipe's int16), not {mv.dtype}")
+    # Every |mv| >= 21 saturates (21 * 6.375 > 127), so a 256-entry table covers all
+    # values: one clip, one cast and one lookup, 2-3x faster than the arithmetic.
+    return _MV_TABLE[np.clip(mv, -MV_BOUND - 1, MV_BOUND + 1).astype(np.uint8)]
 
 
 def quantise_residual(residual: np.ndarray) -> np.ndarray:
     """CoViAR's residual network input: clip(residual + 128, 0, 255) as uint8."""
     residual = np.asarray(residual)
-    if not np.issubdtype(residual.dtype, np.integer):
-        raise TypeError(f"residuals must be integers, not {residual.dtype}")
-    return (np.clip(residual, -128, 127).astype(np.int16) + 128).astype(np.uint8)
+    if not np.issubdtype(residual.dtype, np.signedinteger):
+        raise TypeError(f"residuals must be signed integers, not {residual.dtype}")
+    # -128..127 cast to a byte is its two's complement; flipping the top bit adds 128.
+    quantised = np.clip(residual, -128, 127).astype(np.uint8)
+    quantised ^= 0x80
+    return quantised
 
 
 # --- Member encodings -----------------------------------------------------------------
@@ -417,18 +429,3 @@ def segment_centre(num_frames: int, num_segments: int, segment: int, kind: str) 
 def _check_segment(num_frames: int, num_segments: int, segment: int) -> None:
     if num_frames < 2 or num_segments < 1 or not 0 <= segment < num_segments:
         raise ValueError(f"segment {segment} of {num_segments} over {num_frames} frames is not defined")
-
-
-def iter_members(header: Header, arrays: Iterable[tuple[str, int, int, np.ndarray]]) -> Iterable[tuple[str, bytes]]:
-    """(field, bytes) for (kind, gop, position, array) tuples, encoded per the header."""
-    for kind, gop, position, array in arrays:
-        yield header.field(kind, gop, position), encode_member(kind, array, header.encodings[kind])
-
-
-__all__: Sequence[str] = (
-    "SCHEMA_VERSION", "KINDS", "IFRAME", "MV", "RESIDUAL", "HEADER_FIELD", "QUANTISATION",
-    "Encoding", "DEFAULT_ENCODINGS", "JPEG_QUALITY", "Header", "header_for",
-    "quantise_mv", "quantise_residual", "encode_member", "decode_member",
-    "check_key", "field_name", "parse_field", "parse_positions", "select_positions",
-    "segment_range", "segment_centre", "iter_members",
-)

@@ -71,8 +71,9 @@ def read_output_manifest(directory: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: not valid JSON: {e}") from None
 
 
-def scan_shard(path: Path, deep: bool = False) -> tuple[list[str], int, str, list[str]]:
-    """Reads a tar once: (sample keys in order, bytes, sha256, problems found in it)."""
+def scan_shard(path: Path, split: str | None = None, deep: bool = False) -> tuple[list[str], int, str, list[str]]:
+    """Reads a tar once: (sample keys in order, bytes, sha256, problems found in it).
+    `split`: the split every sample's header must name (None: any)."""
     keys: list[str] = []
     problems: list[str] = []
     with open(path, "rb") as raw:
@@ -80,7 +81,7 @@ def scan_shard(path: Path, deep: bool = False) -> tuple[list[str], int, str, lis
         end = None
         try:
             with tarfile.open(fileobj=reader, mode="r|") as tar:
-                sample = _SampleCheck(path.name, deep, problems)
+                sample = _SampleCheck(path.name, split, deep, problems)
                 for info in tar:
                     data = tar.extractfile(info).read() if info.isfile() else b""
                     if len(data) != info.size:
@@ -109,8 +110,8 @@ def scan_shard(path: Path, deep: bool = False) -> tuple[list[str], int, str, lis
 class _SampleCheck:
     """Follows the members of a tar: each sample is its header, then exactly its fields."""
 
-    def __init__(self, shard: str, deep: bool, problems: list[str]) -> None:
-        self.shard, self.deep, self.problems = shard, deep, problems
+    def __init__(self, shard: str, split: str | None, deep: bool, problems: list[str]) -> None:
+        self.shard, self.split, self.deep, self.problems = shard, split, deep, problems
         self.seen: set[str] = set()
         self.header: Header | None = None
         self.expected: list[str] = []
@@ -135,6 +136,8 @@ class _SampleCheck:
                 return key
             if self.header.id != key:
                 self.problems.append(f"{where}: header id {self.header.id!r} differs from the key")
+            if self.split is not None and self.header.split != self.split:
+                self.problems.append(f"{where}: a {self.header.split} video in a {self.split} shard")
             self.key, self.expected = key, self.header.fields()
             return key
         if self.header is None or key != self.key:
@@ -230,7 +233,7 @@ def _verify_shard(directory: Path, shard: dict, deep: bool, report: VerifyReport
     if not path.is_file():
         report.problems.append(f"{name}: listed in manifest.json but missing")
         return
-    keys, size, digest, problems = scan_shard(path, deep)
+    keys, size, digest, problems = scan_shard(path, shard["split"], deep)
     report.problems += problems
     report.shards += 1
     report.samples += len(keys)

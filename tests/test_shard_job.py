@@ -8,7 +8,12 @@ the fault-injected, resumed and re-optioned runs are compared with it byte for b
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -19,7 +24,7 @@ import cvpipe
 from cvpipe import coviar
 from cvpipe import shard_schema as ss
 from cvpipe.cli import main as cli
-from cvpipe.shard_job import FAULT_ENV, RECORDS_DIR, run_job
+from cvpipe.shard_job import FAULT_KILL_ENV, FAULT_STALL_ENV, RECORDS_DIR, run_job
 from cvpipe.shard_verify import verify
 from cvpipe.shard_writer import ShardOptions
 
@@ -155,7 +160,7 @@ def test_a_killed_worker_is_retried_and_the_output_is_unchanged(clean_run, shard
     on the first attempt; Ray's retry must give byte-identical output. Runs through the CLI."""
     clean, _ = clean_run
     out = tmp_path / "faulty"
-    monkeypatch.setenv(FAULT_ENV, "train-000001")
+    monkeypatch.setenv(FAULT_KILL_ENV, "train-000001")
     status = cli(["shard", "--manifest", str(shard_dataset.manifest), "--out", str(out),
                   "--shard-size", str(SHARD_SIZE), "--no-progress"])
     printed = capsys.readouterr().out
@@ -176,10 +181,15 @@ def test_resume_keeps_finished_shards_and_rebuilds_the_rest(clean_run, shard_dat
     (out / "train-000002.tar.tmp-0123abcd").write_bytes(b"half a shard")    # a dead attempt
     shutil.copy(out / "train-000000.tar", out / "train-000007.tar")          # not in this plan
     kept_mtime = (out / "train-000000.tar").stat().st_mtime_ns
-
-    result = run_job(shard_dataset.manifest, out, shard_size=SHARD_SIZE, progress=False)
+    source = Path(next(e.path for e in shard_dataset.entries if e.id == "pan_c"))   # train-000002's video
+    source_times = source.stat()
+    os.utime(source, ns=(source_times.st_atime_ns, source_times.st_mtime_ns + 10**9))   # "re-encoded"
+    try:
+        result = run_job(shard_dataset.manifest, out, shard_size=SHARD_SIZE, progress=False)
+    finally:
+        os.utime(source, ns=(source_times.st_atime_ns, source_times.st_mtime_ns))
     assert result.ok, result.report.problems
-    assert (result.kept, result.built) == (3, 3)   # train-000000, train-000002, the empty test-000001
+    assert (result.kept, result.built) == (2, 4)   # train-000000 and the empty test-000001
     assert (out / "train-000000.tar").stat().st_mtime_ns == kept_mtime
     assert sorted(result.removed) == ["train-000002.tar.tmp-0123abcd", "train-000007.tar"]
     assert _snapshot(out) == _snapshot(clean)
@@ -203,3 +213,36 @@ def test_other_options_rebuild_every_shard(clean_run, shard_dataset, tmp_path):
     assert frame.shape == (64, 64, 3)
     assert np.abs(frame.astype(int) - coviar.load(header.source, 1, 0, coviar.IFRAME, False)).mean() < 8
     assert verify(out, deep=True).ok
+
+
+def test_an_interrupted_driver_resumes_to_the_same_output(clean_run, shard_dataset, tmp_path):
+    """`cvpipe shard` in its own process and its own local Ray; the task of val-000000
+    stalls (fault injection), so once the other five shards have landed the driver is
+    interrupted mid-job with Ctrl-C; running again builds only what is missing."""
+    clean, _ = clean_run
+    out = tmp_path / "interrupted"
+    env = os.environ | {FAULT_STALL_ENV: "val-000000", "RAY_AUTH_MODE": "disabled"}
+    driver = subprocess.Popen([sys.executable, "-m", "cvpipe.cli", "shard", "--manifest", str(shard_dataset.manifest),
+                               "--out", str(out), "--shard-size", str(SHARD_SIZE), "--workers", "2", "--no-progress"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    others = {f"{name}.json" for name in PLANNED if name != "val-000000"}
+    try:
+        deadline = time.monotonic() + 120
+        while not others <= {p.name for p in (out / RECORDS_DIR).glob("*.json")}:
+            assert driver.poll() is None and time.monotonic() < deadline, "the driver ended or hung before the stall"
+            time.sleep(0.05)
+        driver.send_signal(signal.SIGINT)
+        printed, _ = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == 130, printed
+    assert "interrupted" in printed
+    assert not (out / "val-000000.tar").exists() and not (out / "manifest.json").exists()
+
+    result = run_job(shard_dataset.manifest, out, shard_size=SHARD_SIZE, progress=False)
+    assert result.ok, result.report.problems
+    assert (result.kept, result.built) == (len(PLANNED) - 1, 1)
+    assert _snapshot(out) == _snapshot(clean)
+    assert not list(out.rglob("*.tmp-*"))
