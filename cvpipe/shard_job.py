@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -206,8 +207,20 @@ def connect(address: str | None, workers: int) -> bool:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
     else:
+        _check_reachable(address)
         ray.init(address=address, logging_level=logging.WARNING)
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """Fails fast for a HOST:PORT nobody answers at (ray.init would retry for minutes)."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # "auto", a ray:// client address: Ray reports those itself
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as e:
+        raise ConnectionError(f"no Ray cluster answers at {address}: {e}") from None
 
 
 @dataclass

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         options = options_from_args(args)
         result = run_job(args.manifest, args.out, options, shard_size=args.shard_size, workers=args.workers,
                          ray_address=args.ray_address, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # a bad manifest or option, an unreachable cluster
         print(f"cvpipe shard: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
