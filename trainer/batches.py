@@ -28,7 +28,7 @@ Rules that make DDP and resuming exact:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol, TypedDict
+from typing import NotRequired, Protocol, TypedDict
 
 from torch import Tensor
 
@@ -41,6 +41,7 @@ class Batch(TypedDict):
     input: Tensor  # (B, S, C, H, W) float32
     label: Tensor  # (B,) int64
     id: list[str]
+    skipped: NotRequired[int]  # videos the source skipped (corrupt members) since the last batch
 
 
 class DataModule(Protocol):

@@ -31,7 +31,7 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema; the message names the key."""
 
 
-def _choices(*values: str) -> dict:
+def _choices(*values: object) -> dict:
     return {"choices": values}
 
 
@@ -67,6 +67,9 @@ class DataConfig:
     eval_segments: int = field(default=3, metadata=_at_least(1))  # segments per video in evaluation
     input_size: int = field(default=224, metadata=_at_least(16))
     workers: int = field(default=4, metadata=_at_least(0))  # data-loader processes per rank
+    crop_scales: list[float] = field(default_factory=list)  # training crop scales; [] = CoViAR's per modality
+    test_crops: int = field(default=1, metadata=_choices(1, 10))  # centre crop, or the ten-crop view
+    shuffle_buffer: int = field(default=16, metadata=_at_least(0))  # training videos shuffled across shards
     tensors: TensorDataConfig = field(default_factory=TensorDataConfig)
 
 
@@ -156,7 +159,7 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
         value = _convert(data[name], hints[name], key)
         choices = f.metadata.get("choices")
         if choices is not None and value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
         minimum = f.metadata.get("min")
         if minimum is not None and (value < minimum or (isinstance(value, float) and math.isnan(value))):
             raise ConfigError(f"{key}: {value!r} is below the minimum {minimum}")

@@ -51,7 +51,7 @@ class EpochMeter:
     def __init__(self, dist: Dist, steps: int, desc: str, show: bool) -> None:
         self.dist = dist
         self.steps = steps
-        self.sums = torch.zeros(3, dtype=torch.float64, device=dist.device)  # loss * n, hits, n
+        self.sums = torch.zeros(4, dtype=torch.float64, device=dist.device)  # loss * n, hits, n, skipped
         self.bar = tqdm(total=steps, desc=desc, unit="step", leave=False, disable=not (show and dist.is_main))
         self.start = time.perf_counter()
 
@@ -63,9 +63,10 @@ class EpochMeter:
             except StopIteration:
                 raise RuntimeError(f"the training loader ended after {step} of {self.steps} steps; "
                                    "it must be endless (resampled)") from None
+            self.sums[3] += batch.get("skipped", 0)
             yield batch
             if not self.bar.disable and (step % 10 == 0 or step == self.steps - 1):
-                loss, hits, n = self.sums.tolist()
+                loss, hits, n, _ = self.sums.tolist()
                 rate = n * self.dist.world_size / (time.perf_counter() - self.start)
                 self.bar.set_postfix(loss=f"{loss / n:.4f}", acc=f"{hits / n:.1%}", samples_s=f"{rate:.1f}")
             self.bar.update()
@@ -78,9 +79,9 @@ class EpochMeter:
         self.sums[2] += n
 
     def result(self) -> dict[str, float]:
-        loss, hits, n = distributed.all_reduce_sum(self.sums).tolist()
+        loss, hits, n, skipped = distributed.all_reduce_sum(self.sums).tolist()
         seconds = time.perf_counter() - self.start
-        return {"train_loss": loss / n, "train_top1": hits / n, "train_videos": int(n),
+        return {"train_loss": loss / n, "train_top1": hits / n, "train_videos": int(n), "train_skipped": int(skipped),
                 "seconds": seconds, "samples_per_s": n / seconds}
 
 

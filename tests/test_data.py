@@ -1,0 +1,160 @@
+"""The trainer's shard reader (trainer.data) against shards made by the real Ray job.
+
+The reference for every tensor is independent of the reader: cvpipe.coviar.load on the
+source video, quantised and normalised here with numpy as CoViAR's data loader does.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cvpipe import coviar
+from cvpipe import shard_schema as schema
+from trainer.config import load_config
+from trainer.data import open_shards, read_manifest
+from trainer.transforms import flip
+
+SIZE = 56  # the test view of a 64x64 video: shorter side 56 * 256 / 224 = 64 (no resize), centre crop 56
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def shards(ray_cluster, shard_dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cvpipe.shard_job import ShardOptions, run_job
+
+    out = tmp_path_factory.mktemp("reader") / "shards"
+    result = run_job(shard_dataset.manifest, out, ShardOptions(), shard_size=2, progress=False)
+    assert result.ok
+    return out
+
+
+def config(root: Path, modality: str, **data):
+    overrides = [f"data.root={root}", f"model.modality={modality}", f"data.input_size={SIZE}",
+                 "data.workers=0", "optim.batch_size=2", "model.width=8"]
+    overrides += [f"data.{k}={v}" for k, v in data.items()]
+    return load_config("tiny_synth", overrides)
+
+
+def coviar_reference(path: str, gop: int, position: int, modality: str) -> np.ndarray:
+    """CoViAR's network input for one segment, (C, SIZE, SIZE), from its loader API."""
+    if modality == "iframe":
+        x = coviar.load(path, gop, 0, coviar.IFRAME, True)[..., ::-1] / 255.0
+        x = (x - MEAN) / STD
+    elif modality == "mv":
+        x = schema.quantise_mv(coviar.load(path, gop, position, coviar.MV, True)) / 255.0 - 0.5
+    else:
+        x = (schema.quantise_residual(coviar.load(path, gop, position, coviar.RESIDUAL, True)) / 255.0 - 0.5) / STD
+    offset = (x.shape[0] - SIZE) // 2
+    return x[offset:offset + SIZE, offset:offset + SIZE].transpose(2, 0, 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("modality", ["iframe", "mv", "residual"])
+def test_test_tensors_equal_coviar_normalisation_of_the_loader(shards: Path, shard_dataset, modality: str) -> None:
+    data = open_shards(config(shards, modality, eval_segments=3), rank=0, world_size=1)
+    paths = {e.id: e.path for e in shard_dataset.entries}
+    seen = 0
+    for batch in data.eval_batches("test"):
+        for x, vid in zip(batch["input"], batch["id"]):
+            video = coviar._open(paths[vid])
+            for segment, tensor in enumerate(x):
+                frame = schema.segment_centre(video.num_frames, 3, segment, schema.MV)
+                gop, position = video.locate(frame)
+                if position == 0:  # CoViAR: a GOP's first frame takes the previous GOP's last motion
+                    gop, position = gop - 1, video.gop_size(gop - 1) - 1
+                expected = coviar_reference(paths[vid], gop, position, modality)
+                np.testing.assert_allclose(tensor.numpy(), expected, rtol=0, atol=1e-5)
+            seen += 1
+    assert seen == data.split_size("test") == 2
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_evaluation_covers_every_video_once_across_ranks(shards: Path, workers: int) -> None:
+    manifest = read_manifest(shards)
+    for split in ("train", "val", "test"):
+        expected = sorted(i for s in manifest["shards"] if s["split"] == split for i in s["ids"])
+        ids = []
+        for rank in range(2):
+            data = open_shards(config(shards, "mv", workers=workers), rank=rank, world_size=2)
+            ids += [i for b in data.eval_batches(split) for i in b["id"]]
+        assert sorted(ids) == expected
+
+
+def test_training_batches_depend_only_on_seed_epoch_and_rank(shards: Path) -> None:
+    data = open_shards(config(shards, "residual"), rank=0, world_size=1)
+    assert data.steps_per_epoch == max(1, read_manifest(shards)["splits"]["train"]["samples"] // 2)
+
+    def take(d, epoch: int, n: int = 4) -> list[torch.Tensor]:
+        it = iter(d.train_batches(epoch))
+        return [next(it)["input"] for _ in range(n)]
+
+    again = open_shards(config(shards, "residual"), rank=0, world_size=1)
+    assert all(torch.equal(a, b) for a, b in zip(take(data, 3), take(again, 3)))
+    assert not all(torch.equal(a, b) for a, b in zip(take(data, 3), take(data, 4)))
+    other_rank = open_shards(config(shards, "residual"), rank=1, world_size=2)
+    assert not torch.equal(take(data, 3, 1)[0][:1], take(other_rank, 3, 1)[0][:1])
+    batch = next(iter(data.train_batches(0)))
+    assert batch["input"].shape == (2, 3, 3, SIZE, SIZE) and batch["label"].dtype == torch.int64
+
+
+def test_flipping_motion_negates_its_x() -> None:
+    q = torch.tensor(np.random.default_rng(0).integers(0, 256, (2, 4, 5)), dtype=torch.float32)
+    flipped = flip(q, "mv")
+    # Quantised q = v + 128 (x and y): the flip mirrors columns and maps v -> -v.
+    assert torch.equal(flipped[0] - 128, -(q[0].flip(-1) - 128))
+    assert torch.equal(flipped[1], q[1].flip(-1))
+    assert torch.equal(flip(q[:1].expand(3, 4, 5), "residual"), q[:1].expand(3, 4, 5).flip(-1))
+
+
+def _rewrite_member(tar_path: Path, out: Path, damage) -> str:
+    """Copies a shard, passing each member through `damage(name, data)`; returns the
+    name of the first member whose bytes it changed."""
+    changed = []
+    with tarfile.open(tar_path) as src, tarfile.open(out, "w") as dst:
+        for info in src.getmembers():
+            data = src.extractfile(info).read()
+            new = damage(info.name, data)
+            if new != data and not changed:
+                changed.append(info.name)
+            info.size = len(new)
+            dst.addfile(info, io.BytesIO(new))
+    return changed[0]
+
+
+def test_a_corrupt_member_is_reported_and_the_video_skipped(shards: Path, tmp_path: Path, capfd) -> None:
+    broken = tmp_path / "shards"
+    shutil.copytree(shards, broken)
+    manifest = read_manifest(broken)
+    shard = next(s for s in manifest["shards"] if s["split"] == "val" and s["samples"] == 2)
+    victim = shard["ids"][0]
+    name = _rewrite_member(shards / shard["name"], broken / shard["name"],
+                           lambda n, d: b"\x00" * len(d) if n.startswith(victim + ".") and ".res." in n else d)
+    data = open_shards(config(broken, "residual"), rank=0, world_size=1)
+    batches = list(data.eval_batches("val"))
+    ids = [i for b in batches for i in b["id"]]
+    assert victim not in ids and set(ids) == {i for s in manifest["shards"] if s["split"] == "val" for i in s["ids"]} - {victim}
+    assert sum(b["skipped"] for b in batches) == 1
+    err = capfd.readouterr().err
+    assert shard["name"] in err and victim in err and name.split(".", 1)[1].split(".")[0] in err
+
+
+def test_a_truncated_shard_keeps_what_it_holds_and_reports_the_rest(shards: Path, tmp_path: Path, capfd) -> None:
+    broken = tmp_path / "shards"
+    shutil.copytree(shards, broken)
+    manifest = read_manifest(broken)
+    shard = next(s for s in manifest["shards"] if s["split"] == "train" and s["samples"] == 2)
+    path = broken / shard["name"]
+    with tarfile.open(path) as tar:
+        second = next(m for m in tar.getmembers() if m.name.startswith(shard["ids"][1] + "."))
+    path.write_bytes(path.read_bytes()[:second.offset_data + 100])  # cut inside the second video
+    data = open_shards(config(broken, "mv"), rank=0, world_size=1)
+    ids = [i for b in data.eval_batches("train") for i in b["id"]]
+    assert shard["ids"][0] in ids and shard["ids"][1] not in ids
+    assert shard["name"] in capfd.readouterr().err

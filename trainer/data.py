@@ -1,0 +1,268 @@
+"""Batches from WebDataset shards (`cvpipe shard`'s output): the shard reader.
+
+It reads `manifest.json` beside the shards for the split lists and counts, streams each
+tar with webdataset's tar iterator, and for every video decodes only the members its
+segments sample (cvpipe.shard_schema says where each lives). One frame index is drawn per
+TSN segment and serves every modality, so a segment's I-frame, MV and residual come from
+the same GOP (the MV's, which for a GOP's first frame is the previous GOP, as CoViAR maps
+it).
+
+Training is resampled: each step's videos come from shards drawn at random with
+replacement, through a shuffle buffer, forever; the loop takes `steps_per_epoch` batches,
+which every rank computes from the manifest's count, so DDP ranks never wait on each
+other. All randomness is seeded by (seed, epoch, rank, loader worker), so a resumed run
+sees exactly the batches an uninterrupted one would. Evaluation splits the split's
+shards over ranks and loader workers, each shard read by exactly one of them.
+
+A member that fails to decode, or a truncated tar, is reported on stderr with its shard
+and key, and the video is skipped and counted (`Batch["skipped"]`), never silently.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import tar_file_iterator
+
+from cvpipe import shard_schema as schema
+from trainer.batches import Batch, per_rank_batch, steps_per_epoch
+from trainer.config import Config
+from trainer.transforms import CROP_SCALES, draw_crop, test_views, train_view
+
+KIND = {"iframe": schema.IFRAME, "mv": schema.MV, "residual": schema.RESIDUAL}
+MAX_SKIPPED_IN_A_ROW = 1000
+
+
+class ShardProblem(Exception):
+    """A sample that cannot be used; the message names the shard and the key."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What one loader produces: which modality, how many segments, and how."""
+
+    modality: str
+    segments: int
+    size: int
+    train: bool
+    test_crops: int = 1
+    scales: tuple[float, ...] = ()
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    path = root / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no shards at '{root}': {path} is missing (run `cvpipe shard` first)") from None
+    if manifest.get("schema_version") != schema.SCHEMA_VERSION:
+        raise ValueError(f"{path}: shard schema version {manifest.get('schema_version')!r}; "
+                         f"this trainer reads version {schema.SCHEMA_VERSION}")
+    return manifest
+
+
+def segment_frames(header: schema.Header, segments: int, rng: np.random.Generator | None) -> list[int]:
+    """One frame index per TSN segment: random within it for training, its centre for testing."""
+    if rng is None:
+        return [schema.segment_centre(header.num_frames, segments, s, schema.MV) for s in range(segments)]
+    return [int(rng.integers(*schema.segment_range(header.num_frames, segments, s, schema.MV)))
+            for s in range(segments)]
+
+
+def member_arrays(header: schema.Header, sample: dict[str, bytes], modality: str, frames: Sequence[int],
+                  where: str) -> list[np.ndarray]:
+    """The stored uint8 arrays of `modality` for each frame: the I-frame of the GOP the
+    frame's MV comes from, or the accumulated MV / residual at the position serving it."""
+    arrays = []
+    for frame in frames:
+        gop, position = header.serve(frame, schema.MV)
+        kind = KIND[modality]
+        name = header.field(kind, gop, 0 if kind == schema.IFRAME else position)
+        if name not in sample:
+            raise ShardProblem(f"{where}: member '{name}' is missing")
+        try:
+            arrays.append(header.decode(kind, sample[name]))
+        except Exception as e:  # noqa: BLE001 - any decoder failure means a corrupt member
+            raise ShardProblem(f"{where}: member '{name}' does not decode: {e}") from None
+    return arrays
+
+
+def video_input(header: schema.Header, sample: dict[str, bytes], sampling: Sampling,
+                rng: np.random.Generator | None, where: str) -> torch.Tensor:
+    """(segments x crops, C, size, size) for one video."""
+    frames = segment_frames(header, sampling.segments, rng if sampling.train else None)
+    arrays = member_arrays(header, sample, sampling.modality, frames, where)
+    if sampling.train:
+        height, width = arrays[0].shape[:2]
+        crop = draw_crop(width, height, sampling.size, sampling.scales, rng)
+        return torch.stack([train_view(a, sampling.modality, sampling.size, crop) for a in arrays])
+    return torch.cat([test_views(a, sampling.modality, sampling.size, sampling.test_crops) for a in arrays])
+
+
+def shard_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {field: bytes}) per sample of a tar, in order. A truncated or corrupt tar
+    raises ShardProblem naming it, after every sample it could read whole (a sample is
+    whole when its header's fields are all there)."""
+    key, sample = None, {}
+    try:
+        with open(path, "rb") as f:
+            for member in tar_file_iterator(f):
+                name_key, field = member["fname"].split(".", 1)
+                if name_key != key:
+                    if key is not None:
+                        yield key, sample
+                    key, sample = name_key, {}
+                sample[field] = member["data"]
+        if key is not None:
+            yield key, sample
+    except Exception as e:  # noqa: BLE001 - tarfile raises many kinds
+        if key is not None and _whole(sample):
+            yield key, sample
+        raise ShardProblem(f"{path.name}: unreadable tar after sample {key!r}: {e}") from None
+
+
+def _whole(sample: dict[str, bytes]) -> bool:
+    try:
+        header = schema.Header.from_json(sample[schema.HEADER_FIELD])
+    except (KeyError, ValueError):
+        return False
+    return all(field in sample for field in header.fields())
+
+
+class VideoStream(IterableDataset):
+    """Batches of one modality from a list of shards, for one rank.
+
+    Training (`epoch` given): endless, shards drawn with replacement, a shuffle buffer.
+    Evaluation: each of `shards` once, split over the loader's workers.
+    """
+
+    def __init__(self, shards: Sequence[Path], sampling: Sampling, batch_size: int, seed: int, rank: int,
+                 epoch: int | None = None, shuffle_buffer: int = 0) -> None:
+        self.shards = list(shards)
+        self.sampling = sampling
+        self.batch_size = batch_size
+        self.seed, self.rank, self.epoch = seed, rank, epoch
+        self.shuffle_buffer = shuffle_buffer
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if self.epoch is None:
+            return self._batches(self._videos(self.shards[worker::workers], None))
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+        return self._batches(self._videos(self._resampled(rng), rng))
+
+    def _resampled(self, rng: np.random.Generator) -> Iterator[Path]:
+        while True:
+            yield self.shards[rng.integers(len(self.shards))]
+
+    def _videos(self, shards, rng: np.random.Generator | None) -> Iterator[tuple[torch.Tensor, int, str] | None]:
+        """(input, label, id) per usable video, None per skipped one."""
+        for shard in shards:
+            try:
+                for key, sample in self._shuffled(shard_samples(shard), rng):
+                    where = f"{shard.name}: {key}"
+                    try:
+                        if schema.HEADER_FIELD not in sample:
+                            raise ShardProblem(f"{where}: no header member")
+                        header = schema.Header.from_json(sample[schema.HEADER_FIELD])
+                        yield video_input(header, sample, self.sampling, rng, where), header.label, header.id
+                    except (ShardProblem, ValueError, KeyError) as e:
+                        print(f"skipped {where}: {e}", file=sys.stderr)
+                        yield None
+            except ShardProblem as e:
+                print(f"skipped the rest of {shard.name}: {e}", file=sys.stderr)
+                yield None
+
+    def _shuffled(self, samples, rng: np.random.Generator | None):
+        if rng is None or self.shuffle_buffer <= 1:
+            yield from samples
+            return
+        buffer = []
+        for sample in samples:
+            buffer.append(sample)
+            if len(buffer) >= self.shuffle_buffer:
+                yield buffer.pop(rng.integers(len(buffer)))
+        while buffer:
+            yield buffer.pop(rng.integers(len(buffer)))
+
+    def _batches(self, videos) -> Iterator[Batch]:
+        inputs, labels, ids, skipped = [], [], [], 0
+        for video in videos:
+            if video is None:
+                skipped += 1
+                # An endless stream over shards that are all broken would never yield.
+                if skipped > MAX_SKIPPED_IN_A_ROW:
+                    raise RuntimeError(f"{skipped} videos in a row could not be read (see the lines above)")
+                continue
+            inputs.append(video[0])
+            labels.append(video[1])
+            ids.append(video[2])
+            if len(inputs) == self.batch_size:
+                yield _batch(inputs, labels, ids, skipped)
+                inputs, labels, ids, skipped = [], [], [], 0
+        if inputs or skipped:
+            yield _batch(inputs, labels, ids, skipped)
+
+
+def _batch(inputs: list[torch.Tensor], labels: list[int], ids: list[str], skipped: int) -> Batch:
+    return {"input": torch.stack(inputs) if inputs else torch.empty(0), "label": torch.tensor(labels, dtype=torch.int64),
+            "id": ids, "skipped": skipped}
+
+
+class ShardData:
+    """The DataModule (trainer.batches) over a folder of shards, for one modality and rank."""
+
+    def __init__(self, cfg: Config, *, rank: int, world_size: int) -> None:
+        self.cfg = cfg
+        self.root = Path(cfg.data.root)
+        self.rank, self.world_size = rank, world_size
+        self.manifest = read_manifest(self.root)
+        classes = self.manifest["classes"]
+        self.num_classes = max(c["label"] for c in classes) + 1
+        names = {c["label"]: c.get("name", str(c["label"])) for c in classes}
+        self.class_names = [names.get(i, str(i)) for i in range(self.num_classes)]
+        self.batch_size = per_rank_batch(cfg, world_size)
+        self.steps_per_epoch = steps_per_epoch(self.split_size("train"), cfg)
+        if not self._shards("train"):
+            raise ValueError(f"{self.root}: no training shards in manifest.json")
+
+    def split_size(self, split: str) -> int:
+        return int(self.manifest["splits"][split]["samples"])
+
+    def _shards(self, split: str) -> list[Path]:
+        return [self.root / s["name"] for s in self.manifest["shards"] if s["split"] == split]
+
+    def _sampling(self, train: bool) -> Sampling:
+        modality = self.cfg.model.modality
+        data = self.cfg.data
+        return Sampling(modality=modality, segments=data.num_segments if train else data.eval_segments,
+                        size=data.input_size, train=train, test_crops=data.test_crops,
+                        scales=tuple(data.crop_scales) or CROP_SCALES[modality])
+
+    def _loader(self, stream: VideoStream) -> DataLoader:
+        workers = self.cfg.data.workers
+        return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
+                          prefetch_factor=2 if workers else None)
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        stream = VideoStream(self._shards("train"), self._sampling(True), self.batch_size, self.cfg.run.seed,
+                             self.rank, epoch=epoch, shuffle_buffer=self.cfg.data.shuffle_buffer)
+        return (b for b in self._loader(stream) if len(b["id"]))
+
+    def eval_batches(self, split: str) -> Iterator[Batch]:
+        shards = self._shards(split)[self.rank::self.world_size]
+        stream = VideoStream(shards, self._sampling(False), self.batch_size, self.cfg.run.seed, self.rank)
+        return (b for b in self._loader(stream) if len(b["id"]))
+
+
+def open_shards(cfg: Config, *, rank: int, world_size: int) -> ShardData:
+    return ShardData(cfg, rank=rank, world_size=world_size)
