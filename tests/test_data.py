@@ -158,3 +158,16 @@ def test_a_truncated_shard_keeps_what_it_holds_and_reports_the_rest(shards: Path
     ids = [i for b in data.eval_batches("train") for i in b["id"]]
     assert shard["ids"][0] in ids and shard["ids"][1] not in ids
     assert shard["name"] in capfd.readouterr().err
+
+
+def test_modalities_together_share_frames_and_crops(shards: Path) -> None:
+    scales = "[1.0,0.875,0.75]"  # one crop-scale set, so a modality alone draws the same crops
+    together = open_shards(config(shards, "iframe", crop_scales=scales), rank=0, world_size=1,
+                           modalities=("mv", "residual"))
+    batch = next(iter(together.train_batches(2)))
+    assert set(batch["inputs"]) == {"iframe", "mv", "residual"} and batch["input"] is batch["inputs"]["iframe"]
+    for modality in ("mv", "residual"):
+        alone = next(iter(open_shards(config(shards, modality, crop_scales=scales), rank=0,
+                                      world_size=1).train_batches(2)))
+        # Drawn from the same random stream, so the same videos, frames, crop and flip.
+        assert alone["id"] == batch["id"] and torch.equal(alone["input"], batch["inputs"][modality])

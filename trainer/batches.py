@@ -42,6 +42,7 @@ class Batch(TypedDict):
     label: Tensor  # (B,) int64
     id: list[str]
     skipped: NotRequired[int]  # videos the source skipped (corrupt members) since the last batch
+    inputs: NotRequired[dict[str, Tensor]]  # every modality asked for, same frames and crops
 
 
 class DataModule(Protocol):

@@ -47,9 +47,10 @@ class ShardProblem(Exception):
 
 @dataclass(frozen=True)
 class Sampling:
-    """What one loader produces: which modality, how many segments, and how."""
+    """What one loader produces: which modalities (the first is the batch's "input"),
+    how many segments, and how."""
 
-    modality: str
+    modalities: tuple[str, ...]
     segments: int
     size: int
     train: bool
@@ -95,16 +96,21 @@ def member_arrays(header: schema.Header, sample: dict[str, bytes], modality: str
     return arrays
 
 
-def video_input(header: schema.Header, sample: dict[str, bytes], sampling: Sampling,
-                rng: np.random.Generator | None, where: str) -> torch.Tensor:
-    """(segments x crops, C, size, size) for one video."""
+def video_inputs(header: schema.Header, sample: dict[str, bytes], sampling: Sampling,
+                 rng: np.random.Generator | None, where: str) -> dict[str, torch.Tensor]:
+    """Per modality, (segments x crops, C, size, size) for one video: the same frames and,
+    in training, the same crop and flip for every modality."""
     frames = segment_frames(header, sampling.segments, rng if sampling.train else None)
-    arrays = member_arrays(header, sample, sampling.modality, frames, where)
     if sampling.train:
-        height, width = arrays[0].shape[:2]
-        crop = draw_crop(width, height, sampling.size, sampling.scales, rng)
-        return torch.stack([train_view(a, sampling.modality, sampling.size, crop) for a in arrays])
-    return torch.cat([test_views(a, sampling.modality, sampling.size, sampling.test_crops) for a in arrays])
+        crop = draw_crop(header.width, header.height, sampling.size, sampling.scales, rng)
+    inputs = {}
+    for modality in sampling.modalities:
+        arrays = member_arrays(header, sample, modality, frames, where)
+        if sampling.train:
+            inputs[modality] = torch.stack([train_view(a, modality, sampling.size, crop) for a in arrays])
+        else:
+            inputs[modality] = torch.cat([test_views(a, modality, sampling.size, sampling.test_crops) for a in arrays])
+    return inputs
 
 
 def shard_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -138,7 +144,7 @@ def _whole(sample: dict[str, bytes]) -> bool:
 
 
 class VideoStream(IterableDataset):
-    """Batches of one modality from a list of shards, for one rank.
+    """Batches from a list of shards, for one rank.
 
     Training (`epoch` given): endless, shards drawn with replacement, a shuffle buffer.
     Evaluation: each of `shards` once, split over the loader's workers.
@@ -174,7 +180,7 @@ class VideoStream(IterableDataset):
                         if schema.HEADER_FIELD not in sample:
                             raise ShardProblem(f"{where}: no header member")
                         header = schema.Header.from_json(sample[schema.HEADER_FIELD])
-                        yield video_input(header, sample, self.sampling, rng, where), header.label, header.id
+                        yield video_inputs(header, sample, self.sampling, rng, where), header.label, header.id
                     except (ShardProblem, ValueError, KeyError) as e:
                         print(f"skipped {where}: {e}", file=sys.stderr)
                         yield None
@@ -207,22 +213,31 @@ class VideoStream(IterableDataset):
             labels.append(video[1])
             ids.append(video[2])
             if len(inputs) == self.batch_size:
-                yield _batch(inputs, labels, ids, skipped)
+                yield self._batch(inputs, labels, ids, skipped)
                 inputs, labels, ids, skipped = [], [], [], 0
         if inputs or skipped:
-            yield _batch(inputs, labels, ids, skipped)
+            yield self._batch(inputs, labels, ids, skipped)
 
-
-def _batch(inputs: list[torch.Tensor], labels: list[int], ids: list[str], skipped: int) -> Batch:
-    return {"input": torch.stack(inputs) if inputs else torch.empty(0), "label": torch.tensor(labels, dtype=torch.int64),
-            "id": ids, "skipped": skipped}
+    def _batch(self, inputs: list[dict[str, torch.Tensor]], labels: list[int], ids: list[str], skipped: int) -> Batch:
+        stacked = {m: torch.stack([i[m] for i in inputs]) if inputs else torch.empty(0) for m in self.sampling.modalities}
+        batch: Batch = {"input": stacked[self.sampling.modalities[0]], "label": torch.tensor(labels, dtype=torch.int64),
+                        "id": ids, "skipped": skipped}
+        if len(stacked) > 1:
+            batch["inputs"] = stacked
+        return batch
 
 
 class ShardData:
-    """The DataModule (trainer.batches) over a folder of shards, for one modality and rank."""
+    """The DataModule (trainer.batches) over a folder of shards, for one rank.
 
-    def __init__(self, cfg: Config, *, rank: int, world_size: int) -> None:
+    Batches hold `cfg.model.modality` as "input"; with more `modalities` (the teachers of
+    PKD, the fused evaluation) they also hold "inputs", a dict of all of them, sampled at
+    the same frames with the same crops.
+    """
+
+    def __init__(self, cfg: Config, *, rank: int, world_size: int, modalities: Sequence[str] = ()) -> None:
         self.cfg = cfg
+        self.modalities = (cfg.model.modality,) + tuple(m for m in modalities if m != cfg.model.modality)
         self.root = Path(cfg.data.root)
         self.rank, self.world_size = rank, world_size
         self.manifest = read_manifest(self.root)
@@ -244,7 +259,7 @@ class ShardData:
     def _sampling(self, train: bool) -> Sampling:
         modality = self.cfg.model.modality
         data = self.cfg.data
-        return Sampling(modality=modality, segments=data.num_segments if train else data.eval_segments,
+        return Sampling(modalities=self.modalities, segments=data.num_segments if train else data.eval_segments,
                         size=data.input_size, train=train, test_crops=data.test_crops,
                         scales=tuple(data.crop_scales) or CROP_SCALES[modality])
 
@@ -264,5 +279,5 @@ class ShardData:
         return (b for b in self._loader(stream) if len(b["id"]))
 
 
-def open_shards(cfg: Config, *, rank: int, world_size: int) -> ShardData:
-    return ShardData(cfg, rank=rank, world_size=world_size)
+def open_shards(cfg: Config, *, rank: int, world_size: int, modalities: Sequence[str] = ()) -> ShardData:
+    return ShardData(cfg, rank=rank, world_size=world_size, modalities=modalities)
