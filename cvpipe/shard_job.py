@@ -197,6 +197,8 @@ def connect(address: str | None, workers: int) -> bool:
     off (REFERENCE.md s.4). "auto" or an address: join that cluster, which has its own
     CPU count. A Ray already initialised in this process (a test's, a Ray job's) is used.
     """
+    # Ray is imported where it is used: it takes about a second, and every `cvpipe`
+    # subcommand loads this module through the command line's parser.
     import ray
 
     if ray.is_initialized():
