@@ -1,5 +1,7 @@
 #include "bitstream.hpp"
 
+#include <cstring>
+
 namespace cvpipe {
 namespace {
 
@@ -40,9 +42,14 @@ class BitReader {
 };
 
 // Position just after the next 00 00 01 prefix at or after `from`, or `size` if none.
+// memchr finds the 01 bytes (vectorised); most are not start codes.
 size_t next_start_code(const uint8_t* data, size_t size, size_t from) {
-  for (size_t i = from; i + 2 < size; ++i) {
-    if (data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1) return i + 3;
+  for (size_t i = from + 2; i < size;) {
+    const void* found = std::memchr(data + i, 1, size - i);
+    if (!found) return size;
+    i = static_cast<const uint8_t*>(found) - data;
+    if (data[i - 1] == 0 && data[i - 2] == 0) return i + 1;
+    ++i;
   }
   return size;
 }

@@ -37,25 +37,32 @@ FrameVectors vectors_of(const AVFrame& frame) {
 
 BgrConverter::BgrConverter(int width, int height)
     : width_(width), height_(height), padded_width_((width + 15) / 16 * 16),
-      staging_stride_((padded_width_ * 3 + 63) / 64 * 64) {
+      stride_((padded_width_ * 3 + 63) / 64 * 64) {
   sws_.reset(sws_getContext(padded_width_, height, AV_PIX_FMT_YUV420P, padded_width_, height, AV_PIX_FMT_BGR24,
                             SWS_BICUBIC, nullptr, nullptr, nullptr));
   if (!sws_) throw std::runtime_error("swscale cannot convert YUV420P to BGR24 at this size");
-  staging_.resize(static_cast<size_t>(staging_stride_) * height);
 }
 
-void BgrConverter::convert(const AVFrame& frame, uint8_t* bgr) {
+BgrImage BgrConverter::make_image() const {
+  return BgrImage{std::vector<uint8_t>(static_cast<size_t>(stride_) * height_), stride_};
+}
+
+void BgrConverter::convert(const AVFrame& frame, BgrImage& image) {
   // Frames from another allocator might not cover the padding: then nothing is converted
   // rather than anything read out of bounds.
   if (frame.linesize[0] < padded_width_ || frame.linesize[1] < padded_width_ / 2 ||
       frame.linesize[2] < padded_width_ / 2) {
     throw std::runtime_error("decoded frame rows are narrower than their macroblocks");
   }
-  uint8_t* dst[4] = {staging_.data(), nullptr, nullptr, nullptr};
-  int dst_stride[4] = {staging_stride_, 0, 0, 0};
+  if (image.stride != stride_ || image.data.size() < static_cast<size_t>(stride_) * height_) image = make_image();
+  uint8_t* dst[4] = {image.data.data(), nullptr, nullptr, nullptr};
+  int dst_stride[4] = {stride_, 0, 0, 0};
   sws_scale(sws_.get(), frame.data, frame.linesize, 0, height_, dst, dst_stride);
-  const size_t row = static_cast<size_t>(width_) * 3;
-  for (int y = 0; y < height_; ++y) std::memcpy(bgr + y * row, staging_.data() + y * staging_stride_, row);
+}
+
+void copy_bgr(const BgrImage& image, int width, int height, uint8_t* out) {
+  const size_t row = static_cast<size_t>(width) * 3;
+  for (int y = 0; y < height; ++y) std::memcpy(out + y * row, image.row(y), row);
 }
 
 MotionTrace::MotionTrace(int width, int height)
@@ -81,7 +88,7 @@ void paint_mv(const FrameVectors& vectors, int width, int height, int16_t* out) 
   });
 }
 
-void compensated_residual(const int16_t* d, const uint8_t* bgr, const uint8_t* reference, int width, int height,
+void compensated_residual(const int16_t* d, const BgrImage& bgr, const BgrImage& reference, int width, int height,
                           int16_t* out) {
   // Displacements are constant over block-sized runs of a row (whole rows of static
   // background), and over a run the difference is two contiguous byte streams, which the
@@ -93,16 +100,18 @@ void compensated_residual(const int16_t* d, const uint8_t* bgr, const uint8_t* r
   };
   for (int y = 0; y < height; ++y) {
     const int row = y * width;
+    const uint8_t* current_row = bgr.row(y);
+    int16_t* out_row = out + 3 * static_cast<size_t>(row);
     for (int x = 0; x < width;) {
       const int dx = d[2 * (row + x)], dy = d[2 * (row + x) + 1];
       const uint32_t run_value = pair(row + x);
       int end = x + 1;
       while (end < width && pair(row + end) == run_value) ++end;
-      const size_t begin = 3 * static_cast<size_t>(row + x), count = 3 * static_cast<size_t>(end - x);
-      const uint8_t* cur = bgr + begin;
-      const uint8_t* ref = reference + begin - 3 * (static_cast<ptrdiff_t>(dy) * width + dx);
-      int16_t* o = out + begin;
-      for (size_t k = 0; k < count; ++k) o[k] = static_cast<int16_t>(cur[k] - ref[k]);
+      const uint8_t* cur = current_row + 3 * x;
+      const uint8_t* ref = reference.row(y - dy) + 3 * (x - dx);
+      int16_t* o = out_row + 3 * x;
+      const int count = 3 * (end - x);
+      for (int k = 0; k < count; ++k) o[k] = static_cast<int16_t>(cur[k] - ref[k]);
       x = end;
     }
   }

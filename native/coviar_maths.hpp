@@ -21,22 +21,32 @@ struct FrameVectors {
 };
 FrameVectors vectors_of(const AVFrame& frame);
 
-// YUV420P -> BGR24 the way CoViAR converts (swscale, bicubic), into a tight H*W*3 buffer.
+// A BGR24 picture in rows of `stride` bytes (stride >= 3 * width).
+struct BgrImage {
+  std::vector<uint8_t> data;
+  int stride = 0;
+  const uint8_t* row(int y) const { return data.data() + static_cast<size_t>(y) * stride; }
+};
+
+// YUV420P -> BGR24 the way CoViAR converts (swscale, bicubic).
 // swscale's SIMD YUV->RGB path converts whole groups of 8 pixels and leaves the last
 // W % 8 columns unwritten (CoViAR's garbage columns at width 340). The decoder's frames
 // hold whole macroblocks, so we convert a width rounded up to 16, which those buffers
-// cover, and keep the first W columns: the same values, every pixel defined.
+// cover, into rows wide enough for it, and use the first W columns: the same values,
+// every pixel defined.
 class BgrConverter {
  public:
   BgrConverter(int width, int height);
-  void convert(const AVFrame& frame, uint8_t* bgr);
+  BgrImage make_image() const;  // sized for convert()
+  void convert(const AVFrame& frame, BgrImage& image);
 
  private:
-  int width_, height_, padded_width_;
+  int width_, height_, padded_width_, stride_;
   SwsPtr sws_;
-  std::vector<uint8_t> staging_;
-  int staging_stride_;
 };
+
+// Copies the W x H picture out of `image` into a tight (H, W, 3) array.
+void copy_bgr(const BgrImage& image, int width, int height, uint8_t* out);
 
 // For every pixel x, its displacement d(x) = x - source(x), where source(x) is the pixel of
 // the GOP's I-frame it was traced back to: CoViAR's accumulated MV, kept as (H, W, 2) int16
@@ -60,7 +70,7 @@ void paint_mv(const FrameVectors& vectors, int width, int height, int16_t* out);
 // BGR(x) - reference_BGR(x - d(x)) for a displacement field d (H, W, 2): CoViAR's residual,
 // accumulated when d is the trace and the reference the I-frame, per frame when d is the
 // frame's own MV and the reference the previous frame.
-void compensated_residual(const int16_t* d, const uint8_t* bgr, const uint8_t* reference, int width, int height,
+void compensated_residual(const int16_t* d, const BgrImage& bgr, const BgrImage& reference, int width, int height,
                           int16_t* out);
 
 }  // namespace cvpipe

@@ -52,9 +52,9 @@ class GopExtractor {
         decoder_(index, mv_only),
         converter_(w_, h_),
         trace_(w_, h_),
-        current_bgr_(pixels_ * 3),
-        previous_bgr_(pixels_ * 3),
-        iframe_bgr_(pixels_ * 3),
+        current_bgr_(converter_.make_image()),
+        previous_bgr_(converter_.make_image()),
+        iframe_bgr_(converter_.make_image()),
         mv_scratch_(pixels_ * 2) {}
 
   void run(int gop, const std::vector<Slot>& slots) {
@@ -77,9 +77,16 @@ class GopExtractor {
     decoder_.decode_gop(gop, [&](const AVFrame& frame) {
       const FrameVectors vectors = position == 0 ? FrameVectors{} : vectors_of(frame);
       if (bgr_needed[position]) {
-        current_bgr_.swap(previous_bgr_);
-        converter_.convert(frame, current_bgr_.data());
-        if (position == 0 && iframe_reference) iframe_bgr_ = current_bgr_;
+        // The I-frame, when residuals refer to it, is converted into its own image and stays
+        // there; otherwise the current image becomes the previous one.
+        if (position == 0 && iframe_reference) {
+          converter_.convert(frame, iframe_bgr_);
+          current_ = &iframe_bgr_;
+        } else {
+          std::swap(previous_, current_);
+          if (current_ == &iframe_bgr_) current_ = previous_ == &current_bgr_ ? &previous_bgr_ : &current_bgr_;
+          converter_.convert(frame, *current_);
+        }
       }
       if (trace) {
         if (position == 0) {
@@ -104,7 +111,7 @@ class GopExtractor {
   void fill(const Slot& s, const FrameVectors& vectors) {
     switch (s.representation) {
       case kBgr:
-        std::memcpy(dense<uint8_t>(s), current_bgr_.data(), pixels_ * 3);
+        copy_bgr(*current_, w_, h_, dense<uint8_t>(s));
         break;
       case kMv:
         paint_mv(vectors, w_, h_, dense<int16_t>(s));
@@ -115,12 +122,12 @@ class GopExtractor {
       case kResidual: {
         paint_mv(vectors, w_, h_, mv_scratch_.data());
         // At the I-frame there are no vectors and the reference is the frame itself: zero.
-        const uint8_t* reference = s.position == 0 ? current_bgr_.data() : previous_bgr_.data();
-        compensated_residual(mv_scratch_.data(), current_bgr_.data(), reference, w_, h_, dense<int16_t>(s));
+        const BgrImage& reference = s.position == 0 ? *current_ : *previous_;
+        compensated_residual(mv_scratch_.data(), *current_, reference, w_, h_, dense<int16_t>(s));
         break;
       }
       case kResidualAccumulated:
-        compensated_residual(trace_.displacement(), current_bgr_.data(), iframe_bgr_.data(), w_, h_,
+        compensated_residual(trace_.displacement(), *current_, iframe_bgr_, w_, h_,
                              dense<int16_t>(s));
         break;
       case kBlocks: {
@@ -138,7 +145,10 @@ class GopExtractor {
   Decoder decoder_;
   BgrConverter converter_;
   MotionTrace trace_;
-  std::vector<uint8_t> current_bgr_, previous_bgr_, iframe_bgr_;
+  BgrImage current_bgr_, previous_bgr_, iframe_bgr_;
+  // Which images hold the current and previous frames: pointers, so no picture is copied.
+  BgrImage* current_ = &current_bgr_;
+  BgrImage* previous_ = &previous_bgr_;
   std::vector<int16_t> mv_scratch_;
 };
 
