@@ -5,20 +5,26 @@ get_num_gops` with the same shapes, dtypes and sign conventions (REFERENCE.md se
 and differs only where CoViAR is wrong: the last frame is decodable, every pixel is
 defined, out-of-range indices raise IndexError, and any container `cvpipe.open` reads
 works. Videos are opened once and kept in a small cache keyed by path, size and mtime,
-so the usual three calls per segment (I-frame, MV, residual) index the file once.
+so the usual three calls per segment (I-frame, MV, residual) index the file once, and the
+MV and residual of one position come from one decode.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import threading
+from collections import OrderedDict
 
 import numpy as np
 
 from cvpipe.video import Video
 
 IFRAME, MV, RESIDUAL = 0, 1, 2
-_CACHE_SIZE = 32
+_CACHE_SIZE = 32  # open videos (each holds its compressed stream)
+_RECENT_SIZE = 16  # recent (MV, residual) pairs
+_recent: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+_recent_lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
@@ -48,11 +54,27 @@ def load(path: str | os.PathLike, gop_index: int, frame_index: int, representati
         raise ValueError(f"representation must be 0 (I-frame), 1 (MV) or 2 (residual), not {representation!r}")
     video = _open(path)
     frame = video.frame_index(int(gop_index), int(frame_index))
-    name = {IFRAME: "bgr", MV: "mv", RESIDUAL: "residual"}[representation]
-    if representation != IFRAME and accumulate:
-        name += "_accumulated"
-    array = video.extract([frame], (name,))[name][0]
-    return array if representation == IFRAME else array.astype(np.int32)
+    if representation == IFRAME:
+        return video.extract([frame], ("bgr",))["bgr"][0]
+    suffix = "_accumulated" if accumulate else ""
+    return _motion(video, frame, suffix)[0 if representation == MV else 1].astype(np.int32)
+
+
+def _motion(video: Video, frame: int, suffix: str) -> tuple[np.ndarray, np.ndarray]:
+    """MV and residual at a frame, both from one decode: CoViAR's data loader asks for the
+    two at the same position one call after the other, so the second is served from here."""
+    key = (video.path, id(video), frame, suffix)
+    with _recent_lock:
+        if key in _recent:
+            _recent.move_to_end(key)
+            return _recent[key]
+    out = video.extract([frame], ("mv" + suffix, "residual" + suffix))
+    pair = (out["mv" + suffix][0], out["residual" + suffix][0])
+    with _recent_lock:
+        _recent[key] = pair
+        while len(_recent) > _RECENT_SIZE:
+            _recent.popitem(last=False)
+    return pair
 
 
 def get_num_frames(path: str | os.PathLike) -> int:
