@@ -14,18 +14,16 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /opt/cvpipe
 
-# The script expects sudo or root (root here). g++ builds the extension; the script
-# leaves the compiler to the machine, which this slim image does not have.
+# The script expects sudo or root (root here); it installs the compiler too.
 COPY scripts/install-system-packages.sh scripts/
-RUN apt-get update -qq \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ \
- && bash scripts/install-system-packages.sh \
+RUN bash scripts/install-system-packages.sh \
  && rm -rf /var/lib/apt/lists/*
 
 # Only what the build needs, so a local build/ or .venv never enters the image.
 COPY pyproject.toml README.md CMakeLists.txt ./
 COPY native/ native/
 COPY cvpipe/ cvpipe/
+COPY trainer/ trainer/
 # cvpipe's dependencies include ray[default] (the dashboard and `ray job submit`).
 RUN pip install . \
  && python -c "import cvpipe, cvpipe._native, ray; print('cvpipe', cvpipe.__version__, 'ray', ray.__version__)"

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import io
 import shutil
+import subprocess
+import sys
 import tarfile
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +174,30 @@ def test_modalities_together_share_frames_and_crops(shards: Path) -> None:
                                       world_size=1).train_batches(2)))
         # Drawn from the same random stream, so the same videos, frames, crop and flip.
         assert alone["id"] == batch["id"] and torch.equal(alone["input"], batch["inputs"][modality])
+
+
+def test_the_trainer_runs_without_ffmpeg_or_ray(shards: Path, tmp_path: Path) -> None:
+    """A GPU node has neither: the whole trainer, data reading included, must not import
+    the compiled extension, Ray or PyAV."""
+    code = textwrap.dedent(f"""
+        import importlib.abc, sys
+        BLOCKED = ("cvpipe._native", "ray", "av")
+
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED or name in BLOCKED:
+                    raise ImportError(f"blocked for this test: {{name}}")
+                return None
+
+        sys.meta_path.insert(0, Block())
+        from trainer.cli import main
+        main(["fit", "--config", "tiny_synth", "--set", "data.root={shards}", "--set", "model.modality=mv",
+              "--set", "run.dir={tmp_path}/{{modality}}", "--set", "optim.epochs=1", "--set", "optim.batch_size=2",
+              "--set", "data.workers=0", "--set", "data.input_size=32", "--set", "model.width=8",
+              "--set", "run.progress=false"])
+        print("cvpipe modules:", sorted(m for m in sys.modules if m.startswith("cvpipe")))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "cvpipe modules: ['cvpipe', 'cvpipe.shard_schema']" in done.stdout
+    assert (tmp_path / "mv" / "best.pt").exists()

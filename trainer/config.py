@@ -69,6 +69,7 @@ class DataConfig:
     workers: int = field(default=4, metadata=_at_least(0))  # data-loader processes per rank
     crop_scales: list[float] = field(default_factory=list)  # training crop scales; [] = CoViAR's per modality
     test_crops: int = field(default=1, metadata=_choices(1, 10))  # centre crop, or the ten-crop view
+    flip: bool = True  # random horizontal flips in training (off where direction is the label)
     shuffle_buffer: int = field(default=16, metadata=_at_least(0))  # training videos shuffled across shards
     tensors: TensorDataConfig = field(default_factory=TensorDataConfig)
 

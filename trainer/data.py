@@ -56,6 +56,7 @@ class Sampling:
     train: bool
     test_crops: int = 1
     scales: tuple[float, ...] = ()
+    flip: bool = True
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
@@ -102,7 +103,8 @@ def video_inputs(header: schema.Header, sample: dict[str, bytes], sampling: Samp
     in training, the same crop and flip for every modality."""
     frames = segment_frames(header, sampling.segments, rng if sampling.train else None)
     if sampling.train:
-        crop = draw_crop(header.width, header.height, sampling.size, sampling.scales, rng)
+        crop = draw_crop(header.width, header.height, sampling.size, sampling.scales, rng,
+                         0.5 if sampling.flip else 0.0)
     inputs = {}
     for modality in sampling.modalities:
         arrays = member_arrays(header, sample, modality, frames, where)
@@ -261,7 +263,7 @@ class ShardData:
         data = self.cfg.data
         return Sampling(modalities=self.modalities, segments=data.num_segments if train else data.eval_segments,
                         size=data.input_size, train=train, test_crops=data.test_crops,
-                        scales=tuple(data.crop_scales) or CROP_SCALES[modality])
+                        scales=tuple(data.crop_scales) or CROP_SCALES[modality], flip=data.flip)
 
     def _loader(self, stream: VideoStream) -> DataLoader:
         workers = self.cfg.data.workers

@@ -74,9 +74,9 @@ def corner_offsets(width: int, height: int, crop_w: int, crop_h: int, more: bool
 
 
 def draw_crop(width: int, height: int, size: int, scales: Sequence[float],
-              rng: np.random.Generator) -> tuple[int, int, int, int, bool]:
-    """One random multi-scale crop (x, y, w, h) and whether to flip, shared by all segments
-    of a video, as TSN's group transforms share them."""
+              rng: np.random.Generator, flip_chance: float = 0.5) -> tuple[int, int, int, int, bool]:
+    """One random multi-scale crop (x, y, w, h) and whether to flip (with `flip_chance`),
+    shared by all segments of a video, as TSN's group transforms share them."""
     base = min(width, height)
     sizes = [int(base * s) for s in scales]
     # Sizes within 3 pixels of the target snap to it (TSN), saving a resize.
@@ -85,7 +85,7 @@ def draw_crop(width: int, height: int, size: int, scales: Sequence[float],
     crop_w, crop_h = pairs[rng.integers(len(pairs))]
     offsets = corner_offsets(width, height, crop_w, crop_h, more=True)
     x, y = offsets[rng.integers(len(offsets))]
-    return x, y, crop_w, crop_h, bool(rng.random() < 0.5)
+    return x, y, crop_w, crop_h, bool(rng.random() < flip_chance)
 
 
 def train_view(array: np.ndarray, modality: str, size: int, crop: tuple[int, int, int, int, bool]) -> torch.Tensor:
