@@ -1,7 +1,7 @@
 """The preprocessing job: a manifest of videos in, WebDataset shards and manifest.json out.
 
-Planning is deterministic from the manifest alone: by split (train, val, test), then by
-id, in chunks of `shard_size` videos named `{split}-{index:06d}.tar`, so every run maps
+Planning is deterministic from the manifest alone: by split (train, val, test), then in
+a fixed shuffle (the SHA-256 of each id), in chunks of `shard_size` videos named `{split}-{index:06d}.tar`, so every run maps
 each video to the same shard. One Ray task writes one shard (cvpipe.shard_writer), then
 a record of it (`records/NAME.json`: its videos, options, size, checksum, errors), both
 atomically. A worker process that dies is retried by Ray (`max_retries`); a Python
@@ -82,8 +82,14 @@ def _stat(path: str) -> dict[str, int | None]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def shuffle_key(video_id: str) -> str:
+    return hashlib.sha256(video_id.encode("utf-8")).hexdigest()
+
+
 def plan_shards(entries: Sequence[ManifestEntry], shard_size: int) -> list[ShardPlan]:
-    """Splits in SPLITS order, ids sorted, `shard_size` videos per shard."""
+    """Splits in SPLITS order, `shard_size` videos per shard, in the order of the SHA-256 of
+    their ids: a fixed shuffle, since ids usually sort by class (UCF-101's do) and a shard
+    of one class would give a streaming reader batches of one class."""
     if shard_size < 1:
         raise ValueError(f"shard size {shard_size} must be at least 1")
     duplicates = sorted(vid for vid, n in Counter(e.id for e in entries).items() if n > 1)
@@ -91,7 +97,7 @@ def plan_shards(entries: Sequence[ManifestEntry], shard_size: int) -> list[Shard
         raise ValueError(f"the manifest lists these ids more than once: {', '.join(duplicates[:10])}")
     plans = []
     for split in SPLITS:
-        videos = sorted((e for e in entries if e.split == split), key=lambda e: e.id)
+        videos = sorted((e for e in entries if e.split == split), key=lambda e: shuffle_key(e.id))
         for index, start in enumerate(range(0, len(videos), shard_size)):
             plans.append(ShardPlan(split, index, tuple(videos[start:start + shard_size])))
     return plans

@@ -298,7 +298,8 @@ def shard_dataset(tmp_path_factory: pytest.TempPathFactory) -> ShardDataset:
     """Eight 64x64 pans (24 frames, GOP 12; one of 25 frames in GOPs of 10, whose last GOP
     is shorter; one of 13 frames, whose last GOP is a lone I-frame) in three splits, plus
     a file of random bytes, a missing file and a clip with B-frames. The two bad test-split
-    ids sort last, so the last test shard (shard size 2) has no good video at all."""
+    ids come last in the planner's fixed shuffle of the test split (their names are chosen
+    for it), so the last test shard (shard size 2) has no good video at all."""
     from cvpipe.manifest import ManifestEntry, write_manifest
 
     d = tmp_path_factory.mktemp("shard_dataset")
@@ -316,11 +317,11 @@ def shard_dataset(tmp_path_factory: pytest.TempPathFactory) -> ShardDataset:
     garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     bframes = encode_mpeg4(_vtest(), d / "bframes.avi", "-bf", "2", seconds=1, size=(64, 64))
     entries += [ManifestEntry("bframes", str(bframes), 0, "class0", "train"),
-                ManifestEntry("zz_garbage", str(garbage), 1, "class1", "test"),
-                ManifestEntry("zz_missing", str(d / "missing.m4v"), 0, "class0", "test")]
+                ManifestEntry("x_garbage", str(garbage), 1, "class1", "test"),
+                ManifestEntry("missing", str(d / "missing.m4v"), 0, "class0", "test")]
     manifest = d / "manifest.jsonl"
     write_manifest(entries, manifest)
-    return ShardDataset(manifest, entries, [s[0] for s in specs], ["bframes", "zz_garbage", "zz_missing"])
+    return ShardDataset(manifest, entries, [s[0] for s in specs], ["bframes", "x_garbage", "missing"])
 
 
 # ===================================== end of shard job fixtures =======================

@@ -31,10 +31,11 @@ from cvpipe.shard_writer import ShardOptions
 wds = pytest.importorskip("webdataset")
 
 SHARD_SIZE = 2
-# Ids sorted within each split, two per shard; test-000001 holds only the two bad test videos.
-PLANNED = {"train-000000": ["bframes", "gop10"], "train-000001": ["pan_a", "pan_b"], "train-000002": ["pan_c"],
-           "val-000000": ["lone_i", "pan_d"], "test-000000": ["pan_e", "pan_f"],
-           "test-000001": ["zz_garbage", "zz_missing"]}
+# Ids in the planner's fixed shuffle (SHA-256 of the id) within each split, two per shard;
+# test-000001 holds only the two bad test videos.
+PLANNED = {"train-000000": ["bframes", "gop10"], "train-000001": ["pan_a", "pan_c"], "train-000002": ["pan_b"],
+           "val-000000": ["lone_i", "pan_d"], "test-000000": ["pan_f", "pan_e"],
+           "test-000001": ["x_garbage", "missing"]}
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +75,8 @@ def test_every_video_is_in_one_shard_or_in_the_errors(clean_run, shard_dataset):
     paths = {e.id: e.path for e in shard_dataset.entries}
     for vid, error in errors.items():
         assert error["path"] == paths[vid]
-    assert errors["zz_garbage"]["reason"].startswith("InvalidVideoError") and "garbage.m4v" in errors["zz_garbage"]["reason"]
-    assert errors["zz_missing"]["reason"].startswith("FileNotFoundError")
+    assert errors["x_garbage"]["reason"].startswith("InvalidVideoError") and "garbage.m4v" in errors["x_garbage"]["reason"]
+    assert errors["missing"]["reason"].startswith("FileNotFoundError")
     assert errors["bframes"]["reason"].startswith("UnsupportedVideoError")
 
     samples = _samples(out)
@@ -181,7 +182,7 @@ def test_resume_keeps_finished_shards_and_rebuilds_the_rest(clean_run, shard_dat
     (out / "train-000002.tar.tmp-0123abcd").write_bytes(b"half a shard")    # a dead attempt
     shutil.copy(out / "train-000000.tar", out / "train-000007.tar")          # not in this plan
     kept_mtime = (out / "train-000000.tar").stat().st_mtime_ns
-    source = Path(next(e.path for e in shard_dataset.entries if e.id == "pan_c"))   # train-000002's video
+    source = Path(next(e.path for e in shard_dataset.entries if e.id == "pan_b"))   # train-000002's video
     source_times = source.stat()
     os.utime(source, ns=(source_times.st_atime_ns, source_times.st_mtime_ns + 10**9))   # "re-encoded"
     try:

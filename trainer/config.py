@@ -1,7 +1,8 @@
 """Typed training configuration, read from TOML.
 
 A config file has the sections [model], [data], [optim] and [run] (the dataclasses
-below). Loading is strict: an unknown key, a missing required key, a value of the wrong
+below), and for the paper's stages [ic] (internal-classifier training) and [wise]
+(logits, WISE, early exit). Loading is strict: an unknown key, a missing required key, a value of the wrong
 type or outside its valid set is a `ConfigError` naming the key. `--set a.b=c` overrides
 are applied before that check, with values read as TOML (`c` may be a number, a list,
 `true`; text that is not TOML, such as a path, is taken as a string). The resolved config
@@ -22,6 +23,7 @@ from typing import Any
 import tomllib
 
 from trainer.models import CONV1_INITS, MODALITIES
+from trainer.pkd import SELF, TeacherSchedule
 from trainer.resnet import ARCHS
 
 BUNDLED = Path(__file__).parent / "configs"
@@ -37,6 +39,11 @@ def _choices(*values: object) -> dict:
 
 def _at_least(minimum: float) -> dict:
     return {"min": minimum}
+
+
+def _items_in(*values: object) -> dict:
+    """Every item of a list value must be one of `values`."""
+    return {"item_choices": values}
 
 
 @dataclass
@@ -70,7 +77,7 @@ class DataConfig:
     crop_scales: list[float] = field(default_factory=list)  # training crop scales; [] = CoViAR's per modality
     test_crops: int = field(default=1, metadata=_choices(1, 10))  # centre crop, or the ten-crop view
     flip: bool = True  # random horizontal flips in training (off where direction is the label)
-    shuffle_buffer: int = field(default=16, metadata=_at_least(0))  # training videos shuffled across shards
+    shuffle_buffer: int = field(default=256, metadata=_at_least(0))  # training videos shuffled across shards
     tensors: TensorDataConfig = field(default_factory=TensorDataConfig)
 
 
@@ -105,12 +112,73 @@ class RunConfig:
     progress: bool = True  # progress bars on rank 0
 
 
+TEACHERS = (*MODALITIES, SELF)  # SELF: the student network's own final logits
+
+
+@dataclass
+class ICConfig:
+    """Internal-classifier training (`cvtrain ic`, REFERENCE.md section 1): the backbones
+    are frozen (eval mode, no gradients) and only the three ICs of model.modality's
+    network train, on labels ("ce") or on a teacher's soft targets ("pkd")."""
+
+    method: str = field(default="ce", metadata=_choices("ce", "pkd"))
+    # Trained backbone checkpoints, "{modality}" replaced: the student's and the teachers'.
+    backbones: str = ""
+    # PKD's teacher schedule: the teacher of each phase, and the epochs (0-based) where
+    # the next phase begins. The paper: MV, residual, the student's own network, switching
+    # at 50 and 100 of 300 epochs; its ablations: ["self", "residual", "mv"], ["iframe"].
+    teachers: list[str] = field(default_factory=lambda: ["mv", "residual", "self"], metadata=_items_in(*TEACHERS))
+    teacher_epochs: list[int] = field(default_factory=lambda: [50, 100])
+    temperature: float = field(default=1.0, metadata=_at_least(1e-3))
+    label_weight: float = field(default=0.0, metadata=_at_least(0))  # weight of a cross-entropy on labels (PKD)
+
+    def __post_init__(self) -> None:
+        try:
+            TeacherSchedule.of(self.teachers, self.teacher_epochs, student=MODALITIES[0])
+        except ValueError as e:
+            raise ConfigError(f"ic.teacher_epochs: {e}") from None
+
+
+@dataclass
+class SegmentCounts:
+    """Segments per video, per modality, at which `cvtrain logits` scores the val and
+    test videos (the paper's sweep goes from MV/R/I 1/1/1 up to 3/5/3)."""
+
+    iframe: list[int] = field(default_factory=lambda: [1, 3])
+    mv: list[int] = field(default_factory=lambda: [1, 3])
+    residual: list[int] = field(default_factory=lambda: [1, 3, 5])
+
+    def __post_init__(self) -> None:
+        for modality, counts in dataclasses.asdict(self).items():
+            if not counts or min(counts) < 1:
+                raise ConfigError(f"wise.segments.{modality}: {counts} must list segment counts of at least 1")
+
+
+@dataclass
+class WiseConfig:
+    """WISE (REFERENCE.md section 1): one weight vector per exit over every exit up to
+    it, fit on training logits by full-batch SGD; early exit at a confidence threshold."""
+
+    lr: float = field(default=0.1, metadata=_at_least(0))
+    iterations: int = field(default=500, metadata=_at_least(1))
+    alpha: float = field(default=0.1, metadata=_at_least(0))  # L1 weight (the TEAM-Net variant: 0.01)
+    # The first vectors are fit without the L1 term. REFERENCE.md says "the first few";
+    # ours: the first network's four exits.
+    unpenalised: int = field(default=4, metadata=_at_least(0))
+    clip_negative: bool = False  # clip negative weights to zero after each step (TEAM-Net variant)
+    taus: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999,
+                                                       0.99999, 0.9999999, 1.0])
+    segments: SegmentCounts = field(default_factory=SegmentCounts)
+
+
 @dataclass
 class Config:
     model: ModelConfig
     optim: OptimConfig
     run: RunConfig
     data: DataConfig = field(default_factory=DataConfig)
+    ic: ICConfig = field(default_factory=ICConfig)
+    wise: WiseConfig = field(default_factory=WiseConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -161,6 +229,10 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
         choices = f.metadata.get("choices")
         if choices is not None and value not in choices:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+        items = f.metadata.get("item_choices")
+        bad = [v for v in value if v not in items] if items is not None else []
+        if bad:
+            raise ConfigError(f"{key}: {bad[0]!r} is not one of {', '.join(map(str, items))}")
         minimum = f.metadata.get("min")
         if minimum is not None and (value < minimum or (isinstance(value, float) and math.isnan(value))):
             raise ConfigError(f"{key}: {value!r} is below the minimum {minimum}")

@@ -8,7 +8,8 @@ the same GOP (the MV's, which for a GOP's first frame is the previous GOP, as Co
 it).
 
 Training is resampled: each step's videos come from shards drawn at random with
-replacement, through a shuffle buffer, forever; the loop takes `steps_per_epoch` batches,
+replacement, through a shuffle buffer (of the few compressed members each video's
+segments sample, so it can be large), forever; the loop takes `steps_per_epoch` batches,
 which every rank computes from the manifest's count, so DDP ranks never wait on each
 other. All randomness is seeded by (seed, epoch, rank, loader worker), so a resumed run
 sees exactly the batches an uninterrupted one would. Evaluation splits the split's
@@ -79,39 +80,57 @@ def segment_frames(header: schema.Header, segments: int, rng: np.random.Generato
             for s in range(segments)]
 
 
-def member_arrays(header: schema.Header, sample: dict[str, bytes], modality: str, frames: Sequence[int],
-                  where: str) -> list[np.ndarray]:
-    """The stored uint8 arrays of `modality` for each frame: the I-frame of the GOP the
-    frame's MV comes from, or the accumulated MV / residual at the position serving it."""
-    arrays = []
-    for frame in frames:
+@dataclass
+class Picked:
+    """One video's members that its segments sample (compressed), ready to decode: all a
+    shuffle buffer holds, so it stays small whatever the videos' length."""
+
+    header: schema.Header
+    members: dict[tuple[str, int], bytes]  # (modality, segment) -> stored bytes
+    names: dict[tuple[str, int], str]      # the same keys -> member field, for messages
+    where: str                             # "shard: key"
+
+
+def pick(header: schema.Header, sample: dict[str, bytes], sampling: Sampling, rng: np.random.Generator | None,
+         where: str) -> Picked:
+    """Draws the segments' frames and keeps the members that serve them: per frame, the
+    I-frame of the GOP its MV comes from, or the accumulated MV / residual at the position
+    serving it."""
+    frames = segment_frames(header, sampling.segments, rng if sampling.train else None)
+    members, names = {}, {}
+    for segment, frame in enumerate(frames):
         gop, position = header.serve(frame, schema.MV)
-        kind = KIND[modality]
-        name = header.field(kind, gop, 0 if kind == schema.IFRAME else position)
-        if name not in sample:
-            raise ShardProblem(f"{where}: member '{name}' is missing")
-        try:
-            arrays.append(header.decode(kind, sample[name]))
-        except Exception as e:  # noqa: BLE001 - any decoder failure means a corrupt member
-            raise ShardProblem(f"{where}: member '{name}' does not decode: {e}") from None
-    return arrays
+        for modality in sampling.modalities:
+            kind = KIND[modality]
+            name = header.field(kind, gop, 0 if kind == schema.IFRAME else position)
+            if name not in sample:
+                raise ShardProblem(f"{where}: member '{name}' is missing")
+            members[modality, segment] = sample[name]
+            names[modality, segment] = name
+    return Picked(header, members, names, where)
 
 
-def video_inputs(header: schema.Header, sample: dict[str, bytes], sampling: Sampling,
-                 rng: np.random.Generator | None, where: str) -> dict[str, torch.Tensor]:
+def video_inputs(picked: Picked, sampling: Sampling, rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
     """Per modality, (segments x crops, C, size, size) for one video: the same frames and,
     in training, the same crop and flip for every modality."""
-    frames = segment_frames(header, sampling.segments, rng if sampling.train else None)
+    header = picked.header
     if sampling.train:
         crop = draw_crop(header.width, header.height, sampling.size, sampling.scales, rng,
                          0.5 if sampling.flip else 0.0)
     inputs = {}
     for modality in sampling.modalities:
-        arrays = member_arrays(header, sample, modality, frames, where)
-        if sampling.train:
-            inputs[modality] = torch.stack([train_view(a, modality, sampling.size, crop) for a in arrays])
-        else:
-            inputs[modality] = torch.cat([test_views(a, modality, sampling.size, sampling.test_crops) for a in arrays])
+        views = []
+        for segment in range(sampling.segments):
+            try:
+                array = header.decode(KIND[modality], picked.members[modality, segment])
+            except Exception as e:  # noqa: BLE001 - any decoder failure means a corrupt member
+                raise ShardProblem(f"{picked.where}: member '{picked.names[modality, segment]}' "
+                                   f"does not decode: {e}") from None
+            if sampling.train:
+                views.append(train_view(array, modality, sampling.size, crop)[None])
+            else:
+                views.append(test_views(array, modality, sampling.size, sampling.test_crops))
+        inputs[modality] = torch.cat(views)
     return inputs
 
 
@@ -172,17 +191,28 @@ class VideoStream(IterableDataset):
         while True:
             yield self.shards[rng.integers(len(self.shards))]
 
-    def _videos(self, shards, rng: np.random.Generator | None) -> Iterator[tuple[torch.Tensor, int, str] | None]:
-        """(input, label, id) per usable video, None per skipped one."""
+    def _videos(self, shards, rng: np.random.Generator | None) -> Iterator[tuple[dict, int, str] | None]:
+        """(inputs, label, id) per usable video, None per skipped one."""
+        for picked in self._shuffled(self._picked(shards, rng), rng):
+            if picked is None:
+                yield None
+                continue
+            try:
+                yield video_inputs(picked, self.sampling, rng), picked.header.label, picked.header.id
+            except ShardProblem as e:
+                print(f"skipped {e}", file=sys.stderr)
+                yield None
+
+    def _picked(self, shards, rng: np.random.Generator | None) -> Iterator[Picked | None]:
         for shard in shards:
             try:
-                for key, sample in self._shuffled(shard_samples(shard), rng):
+                for key, sample in shard_samples(shard):
                     where = f"{shard.name}: {key}"
                     try:
                         if schema.HEADER_FIELD not in sample:
                             raise ShardProblem(f"{where}: no header member")
-                        header = schema.Header.from_json(sample[schema.HEADER_FIELD])
-                        yield video_inputs(header, sample, self.sampling, rng, where), header.label, header.id
+                        yield pick(schema.Header.from_json(sample[schema.HEADER_FIELD]), sample, self.sampling,
+                                   rng, where)
                     except (ShardProblem, ValueError, KeyError) as e:
                         print(f"skipped {where}: {e}", file=sys.stderr)
                         yield None
