@@ -31,5 +31,9 @@ class Video:
     @property
     def stream_bytes(self) -> int: ...
     def extract(
-        self, requests: dict[str, list[int]], mv_only: bool = False, threads: int = 1
+        self,
+        requests: dict[str, list[int]],
+        mv_only: bool = False,
+        threads: int = 1,
+        out: dict[str, np.ndarray] = ...,
     ) -> dict[str, np.ndarray | list[np.ndarray]]: ...

@@ -85,10 +85,12 @@ class Video:
         *,
         mv_only: bool = False,
         threads: int = 1,
+        out: Mapping[str, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray | list[np.ndarray]]:
         """Extracts the same `representations` at each of `frames`; see extract_each."""
         frames = list(frames)
-        return self.extract_each({name: frames for name in representations}, mv_only=mv_only, threads=threads)
+        return self.extract_each({name: frames for name in representations}, mv_only=mv_only, threads=threads,
+                                 out=out)
 
     def extract_each(
         self,
@@ -96,6 +98,7 @@ class Video:
         *,
         mv_only: bool = False,
         threads: int = 1,
+        out: Mapping[str, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray | list[np.ndarray]]:
         """Extracts, for each representation, its own frames, all in one decode pass.
 
@@ -109,6 +112,9 @@ class Video:
                 skip_idct): faster, with identical vectors, but only motion vectors and
                 I-frame pixels are valid, so residuals and P-frame BGR are refused.
             threads: GOPs decoded in parallel (each GOP still decoded once).
+            out: arrays to fill instead of new ones, per dense representation (exact
+                shape (N, H, W, C), dtype, C-contiguous): a job extracting many videos
+                or chunks reuses its buffers and skips the kernel's zeroing of fresh pages.
 
         Returns:
             Name -> array (N, H, W, C) for dense representations, or a list of N arrays
@@ -122,7 +128,7 @@ class Video:
         # The intra mask is derived from the block vectors of the same frames.
         mask_frames = requests.get("intra_mask", [])
         native["blocks"] = native.get("blocks", []) + mask_frames
-        result = self._native.extract(native, mv_only=mv_only, threads=threads)
+        result = self._native.extract(native, mv_only=mv_only, threads=threads, out=dict(out or {}))
         blocks = result.pop("blocks")
         if "blocks" in requests:
             result["blocks"] = blocks[: len(requests["blocks"])]

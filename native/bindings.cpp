@@ -34,7 +34,10 @@ class Video {
   const VideoIndex& index() const { return *index_; }
 
   // `requests` maps representation names (kNames) to frame lists.
-  py::dict extract(const std::map<std::string, std::vector<int>>& requests, bool mv_only, int threads) const {
+  // `out` optionally maps dense representation names to arrays to fill (reused buffers
+  // spare a batch job the page faults of fresh multi-megabyte outputs).
+  py::dict extract(const std::map<std::string, std::vector<int>>& requests, bool mv_only, int threads,
+                   const py::dict& out_arrays) const {
     ExtractRequest request;
     request.mv_only = mv_only;
     request.threads = threads;
@@ -50,7 +53,22 @@ class Video {
     for (int r = 0; r < kNumDense; ++r) {
       if (!requests.count(kNames[r])) continue;
       const std::vector<py::ssize_t> shape{static_cast<py::ssize_t>(request.frames[r].size()), h, w, kChannels[r]};
-      py::array array = r == kBgr ? py::array(py::array_t<uint8_t>(shape)) : py::array(py::array_t<int16_t>(shape));
+      const py::dtype dtype = r == kBgr ? py::dtype::of<uint8_t>() : py::dtype::of<int16_t>();
+      py::array array;
+      if (out_arrays.contains(kNames[r])) {
+        array = out_arrays[kNames[r].c_str()].cast<py::array>();
+        const bool fits = array.dtype().is(dtype) && array.ndim() == 4 &&
+                          std::equal(shape.begin(), shape.end(), array.shape()) &&
+                          (array.flags() & py::array::c_style) && array.writeable();
+        if (!fits) {
+          throw std::invalid_argument("out['" + kNames[r] + "'] must be a writeable C-contiguous " +
+                                      std::string(py::str(dtype)) + " array of shape (" +
+                                      std::to_string(shape[0]) + ", " + std::to_string(h) + ", " +
+                                      std::to_string(w) + ", " + std::to_string(kChannels[r]) + ")");
+        }
+      } else {
+        array = py::array(dtype, shape);
+      }
       out.dense[r] = array.mutable_data();
       result[kNames[r].c_str()] = array;
     }
@@ -116,5 +134,6 @@ PYBIND11_MODULE(_native, m) {
         for (const auto& p : v.index().packets) total += p.size;
         return total;
       })
-      .def("extract", &Video::extract, py::arg("requests"), py::arg("mv_only") = false, py::arg("threads") = 1);
+      .def("extract", &Video::extract, py::arg("requests"), py::arg("mv_only") = false, py::arg("threads") = 1,
+           py::arg("out") = py::dict());
 }

@@ -113,3 +113,29 @@ def test_intra_mask_marks_macroblocks_without_a_vector(video, pyav, vtest_clip):
         np.testing.assert_array_equal(mask, expected, err_msg=f"frame {frame}")
     assert any(mask.any() for mask, kind in zip(masks, video.frame_types) if kind == "P"), \
         "no P-frame has an intra macroblock: the mask was not exercised"
+
+
+def test_out_buffers_are_filled_and_returned(video):
+    frames = [5, 0, 17, 17]
+    fresh = video.extract(frames, DENSE)
+    # Buffers that held other data (another call's) come back overwritten with this call's.
+    buffers = {name: np.full_like(array, 77) for name, array in fresh.items()}
+    reused = video.extract(frames, DENSE, out=buffers)
+    for name in DENSE:
+        assert reused[name] is buffers[name]
+        assert np.array_equal(reused[name], fresh[name])
+
+
+@pytest.mark.parametrize("bad", ["shape", "dtype", "readonly", "strided"])
+def test_out_buffers_that_do_not_fit_raise(video, bad):
+    frames = [1, 2]
+    good = video.extract(frames, ("residual",))["residual"]
+    buffer = {
+        "shape": np.zeros((3, *good.shape[1:]), good.dtype),
+        "dtype": np.zeros(good.shape, np.int32),
+        "readonly": np.zeros_like(good),
+        "strided": np.zeros((good.shape[0] * 2, *good.shape[1:]), good.dtype)[::2],
+    }[bad]
+    buffer.flags.writeable = bad != "readonly"
+    with pytest.raises(ValueError, match="out\\['residual'\\] must be a writeable C-contiguous int16 array"):
+        video.extract(frames, ("residual",), out={"residual": buffer})
