@@ -78,6 +78,20 @@ def test_test_tensors_equal_coviar_normalisation_of_the_loader(shards: Path, sha
     assert seen == data.split_size("test") == 2
 
 
+def test_reading_by_index_or_streaming_gives_the_same_batches(shards: Path) -> None:
+    def batches(read: str, epoch: int | None):
+        data = open_shards(config(shards, "iframe", read=read), rank=0, world_size=1, modalities=("mv", "residual"))
+        if epoch is None:
+            return list(data.eval_batches("val"))
+        it = iter(data.train_batches(epoch))
+        return [next(it) for _ in range(3)]
+
+    for epoch in (None, 1):
+        for a, b in zip(batches("index", epoch), batches("stream", epoch), strict=True):
+            assert a["id"] == b["id"]
+            assert all(torch.equal(a["inputs"][m], b["inputs"][m]) for m in a["inputs"])
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_evaluation_covers_every_video_once_across_ranks(shards: Path, workers: int) -> None:
     manifest = read_manifest(shards)
@@ -131,7 +145,8 @@ def _rewrite_member(tar_path: Path, out: Path, damage) -> str:
     return changed[0]
 
 
-def test_a_corrupt_member_is_reported_and_the_video_skipped(shards: Path, tmp_path: Path, capfd) -> None:
+@pytest.mark.parametrize("read", ["index", "stream"])
+def test_a_corrupt_member_is_reported_and_the_video_skipped(shards: Path, tmp_path: Path, capfd, read: str) -> None:
     broken = tmp_path / "shards"
     shutil.copytree(shards, broken)
     manifest = read_manifest(broken)
@@ -139,7 +154,7 @@ def test_a_corrupt_member_is_reported_and_the_video_skipped(shards: Path, tmp_pa
     victim = shard["ids"][0]
     name = _rewrite_member(shards / shard["name"], broken / shard["name"],
                            lambda n, d: b"\x00" * len(d) if n.startswith(victim + ".") and ".res." in n else d)
-    data = open_shards(config(broken, "residual"), rank=0, world_size=1)
+    data = open_shards(config(broken, "residual", read=read), rank=0, world_size=1)
     batches = list(data.eval_batches("val"))
     ids = [i for b in batches for i in b["id"]]
     assert victim not in ids and set(ids) == {i for s in manifest["shards"] if s["split"] == "val" for i in s["ids"]} - {victim}
@@ -148,7 +163,9 @@ def test_a_corrupt_member_is_reported_and_the_video_skipped(shards: Path, tmp_pa
     assert shard["name"] in err and victim in err and name.split(".", 1)[1].split(".")[0] in err
 
 
-def test_a_truncated_shard_keeps_what_it_holds_and_reports_the_rest(shards: Path, tmp_path: Path, capfd) -> None:
+@pytest.mark.parametrize("read", ["index", "stream"])
+def test_a_truncated_shard_keeps_what_it_holds_and_reports_the_rest(shards: Path, tmp_path: Path, capfd,
+                                                                   read: str) -> None:
     broken = tmp_path / "shards"
     shutil.copytree(shards, broken)
     manifest = read_manifest(broken)
@@ -157,7 +174,7 @@ def test_a_truncated_shard_keeps_what_it_holds_and_reports_the_rest(shards: Path
     with tarfile.open(path) as tar:
         second = next(m for m in tar.getmembers() if m.name.startswith(shard["ids"][1] + "."))
     path.write_bytes(path.read_bytes()[:second.offset_data + 100])  # cut inside the second video
-    data = open_shards(config(broken, "mv"), rank=0, world_size=1)
+    data = open_shards(config(broken, "mv", read=read), rank=0, world_size=1)
     ids = [i for b in data.eval_batches("train") for i in b["id"]]
     assert shard["ids"][0] in ids and shard["ids"][1] not in ids
     assert shard["name"] in capfd.readouterr().err

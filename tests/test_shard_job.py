@@ -164,8 +164,11 @@ def test_a_killed_worker_is_retried_and_the_output_is_unchanged(clean_run, shard
     monkeypatch.setenv(FAULT_KILL_ENV, "train-000001")
     status = cli(["shard", "--manifest", str(shard_dataset.manifest), "--out", str(out),
                   "--shard-size", str(SHARD_SIZE), "--no-progress"])
-    printed = capsys.readouterr().out
-    assert status == 0, printed
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert status == 1, printed   # the three bad videos: recorded, the job done, and the status says so
+    for bad in shard_dataset.bad:
+        assert f"failed: {bad} (" in captured.err
     assert (out / ".fault-killed-train-000001").exists()   # touched right before the SIGKILL
     assert _snapshot(out) == _snapshot(clean)
     assert not list(out.rglob("*.tmp-*"))

@@ -77,6 +77,9 @@ class DataConfig:
     crop_scales: list[float] = field(default_factory=list)  # training crop scales; [] = CoViAR's per modality
     test_crops: int = field(default=1, metadata=_choices(1, 10))  # centre crop, or the ten-crop view
     flip: bool = True  # random horizontal flips in training (off where direction is the label)
+    # "index": local tars, read headers then only the sampled members; "stream": every
+    # byte in order, as WebDataset reads pipes and object stores
+    read: str = field(default="index", metadata=_choices("index", "stream"))
     shuffle_buffer: int = field(default=256, metadata=_at_least(0))  # training videos shuffled across shards
     tensors: TensorDataConfig = field(default_factory=TensorDataConfig)
 

@@ -22,8 +22,10 @@ and key, and the video is skipped and counted (`Batch["skipped"]`), never silent
 from __future__ import annotations
 
 import json
+import os
 import sys
-from collections.abc import Iterator, Sequence
+import tarfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,7 @@ class Sampling:
     test_crops: int = 1
     scales: tuple[float, ...] = ()
     flip: bool = True
+    read: str = "index"
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
@@ -134,32 +137,72 @@ def video_inputs(picked: Picked, sampling: Sampling, rng: np.random.Generator | 
     return inputs
 
 
-def shard_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {field: bytes}) per sample of a tar, in order. A truncated or corrupt tar
-    raises ShardProblem naming it, after every sample it could read whole (a sample is
-    whole when its header's fields are all there)."""
+class StoredSample(Mapping[str, bytes]):
+    """A sample's members in a local tar, read on access (pread at indexed offsets), so a
+    video costs the bytes its segments sample, not the whole sample. Valid while the
+    shard_samples generator that made it is at this sample."""
+
+    def __init__(self, fd: int, fields: dict[str, tuple[int, int]]) -> None:
+        self.fd, self.fields = fd, fields
+
+    def __getitem__(self, field: str) -> bytes:
+        offset, size = self.fields[field]
+        data = os.pread(self.fd, size, offset)
+        if len(data) != size:
+            raise ShardProblem(f"member '{field}' is cut short ({len(data)} of {size} bytes)")
+        return data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.fields)
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+
+
+
+def shard_samples(path: Path, read: str = "index") -> Iterator[tuple[str, Mapping[str, bytes]]]:
+    """(key, {field: bytes}) per sample of a tar, in order. `read="index"` (local files)
+    reads the tar headers and then only the members asked for; "stream" reads every byte
+    in order, as WebDataset does (pipes, object stores). A truncated or corrupt tar raises
+    ShardProblem naming it, after every sample it could read whole."""
     key, sample = None, {}
     try:
-        with open(path, "rb") as f:
-            for member in tar_file_iterator(f):
-                name_key, field = member["fname"].split(".", 1)
+        f = open(path, "rb")
+    except OSError as e:
+        raise ShardProblem(f"{path.name}: cannot open: {e}") from None
+    with f:
+        if read == "index":
+            end = os.fstat(f.fileno()).st_size
+            members = ((info.name, (info.offset_data, info.size))
+                       for info in tarfile.open(fileobj=f, mode="r:") if info.isfile())
+            wrap = lambda fields: StoredSample(f.fileno(), fields)  # noqa: E731
+        else:
+            members = ((m["fname"], m["data"]) for m in tar_file_iterator(f))
+            wrap = dict
+        try:
+            for name, value in members:
+                name_key, field = name.split(".", 1)
                 if name_key != key:
                     if key is not None:
-                        yield key, sample
+                        yield key, wrap(sample)
                     key, sample = name_key, {}
-                sample[field] = member["data"]
+                if read == "index" and value[0] + value[1] > end:
+                    raise ShardProblem(f"member '{name}' is cut short (the file ends at byte {end})")
+                sample[field] = value
+        except Exception as e:  # noqa: BLE001 - tarfile raises many kinds
+            # The sample being read when the tar broke is still good if it is whole.
+            if key is not None and _whole(wrap(sample)):
+                yield key, wrap(sample)
+            raise ShardProblem(f"{path.name}: unreadable tar after sample {key!r}: {e}") from None
         if key is not None:
-            yield key, sample
-    except Exception as e:  # noqa: BLE001 - tarfile raises many kinds
-        if key is not None and _whole(sample):
-            yield key, sample
-        raise ShardProblem(f"{path.name}: unreadable tar after sample {key!r}: {e}") from None
+            yield key, wrap(sample)
 
 
-def _whole(sample: dict[str, bytes]) -> bool:
+def _whole(sample: Mapping[str, bytes]) -> bool:
     try:
         header = schema.Header.from_json(sample[schema.HEADER_FIELD])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, ShardProblem):
         return False
     return all(field in sample for field in header.fields())
 
@@ -206,7 +249,7 @@ class VideoStream(IterableDataset):
     def _picked(self, shards, rng: np.random.Generator | None) -> Iterator[Picked | None]:
         for shard in shards:
             try:
-                for key, sample in shard_samples(shard):
+                for key, sample in shard_samples(shard, self.sampling.read):
                     where = f"{shard.name}: {key}"
                     try:
                         if schema.HEADER_FIELD not in sample:
@@ -293,7 +336,8 @@ class ShardData:
         data = self.cfg.data
         return Sampling(modalities=self.modalities, segments=data.num_segments if train else data.eval_segments,
                         size=data.input_size, train=train, test_crops=data.test_crops,
-                        scales=tuple(data.crop_scales) or CROP_SCALES[modality], flip=data.flip)
+                        scales=tuple(data.crop_scales) or CROP_SCALES[modality], flip=data.flip,
+                        read=data.read)
 
     def _loader(self, stream: VideoStream) -> DataLoader:
         workers = self.cfg.data.workers

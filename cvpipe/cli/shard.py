@@ -74,4 +74,10 @@ def run(args: argparse.Namespace) -> int:
     print(summary_table(result))
     for problem in result.report.problems:
         print(f"  problem: {problem}", file=sys.stderr)
-    return 0 if result.ok else 1
+    failed = result.manifest["errors"]
+    for error in failed[:20]:
+        print(f"  failed: {error['id']} ({error['path']}): {error['reason']}", file=sys.stderr)
+    if len(failed) > 20:
+        print(f"  ... and {len(failed) - 20} more in {args.out}/manifest.json", file=sys.stderr)
+    # Like `cvpipe encode`: the job goes past bad videos, and its status says there were some.
+    return 0 if result.ok and not failed else 1
