@@ -2,6 +2,10 @@
 
     cvtrain fit --config FILE [--set key=value ...]     train one modality network
     cvtrain eval RUN_DIR [--split test] [...]           evaluate runs and their fusion
+    cvtrain ic --config FILE [--method ce|pkd] [...]    train the internal classifiers of a frozen network
+    cvtrain logits METHOD_DIR [...]                     dump the 12 exits' logits and their measured cost
+    cvtrain wise METHOD_DIR [--set wise.x=...]          fit WISE, sweep early exit and segments
+    cvtrain report RUN_DIR                              Markdown report and plots over seeds
 
 The same under `python -m trainer.cli ...` and under torchrun, e.g.
 `torchrun --nproc_per_node 8 -m trainer.cli fit --config ucf101_iframe`: each process
@@ -66,6 +70,67 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_ic(args: argparse.Namespace) -> int:
+    from trainer.ic import train_ics
+
+    overrides = list(args.overrides)
+    if args.method:
+        overrides.append(f"ic.method={args.method}")
+    if args.teachers is not None:
+        overrides.append("ic.teachers=[" + ",".join(f'"{t}"' for t in args.teachers) + "]")
+    if args.teacher_epochs is not None:
+        overrides.append(f"ic.teacher_epochs=[{','.join(map(str, args.teacher_epochs))}]")
+    cfg = load_config(args.config, overrides)
+    dist = distributed.setup(cfg.run.device)
+    try:
+        train_ics(cfg, dist)
+    finally:
+        distributed.teardown()
+    return 0
+
+
+def _run_logits(args: argparse.Namespace) -> int:
+    from trainer.logits import dump_logits, format_summary
+
+    dist = distributed.setup(args.device)
+    try:
+        summary = dump_logits(args.method_dirs, dist=dist, which=args.checkpoint, overrides=args.overrides)
+        if dist.is_main:
+            print(format_summary(summary))
+    finally:
+        distributed.teardown()
+    return 0
+
+
+def _run_wise(args: argparse.Namespace) -> int:
+    from trainer.wise import format_results, run_wise
+
+    for method_dir in args.method_dirs:
+        results = run_wise(method_dir, args.overrides)
+        print(f"== {method_dir}\n{format_results(results)}\nwritten to {method_dir}/wise/")
+    return 0
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from trainer.report import write_report
+
+    table = write_report(args.run_dir, split=args.split, wise_method=args.wise_method)
+    print(table)
+    print(f"report: {args.run_dir}/report/report.md")
+    return 0
+
+
+def _names(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs, got {text!r}") from None
+
+
 def _add_fit(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("fit", help="train one modality network (CoViAR recipe)",
                               description="Train one modality network from a config file; resumes from "
@@ -94,8 +159,61 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_eval)
 
 
+def _add_ic(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("ic", help="train the internal classifiers of a frozen network (CE or PKD)",
+                              description="Train the three internal classifiers of model.modality's network on "
+                                          "its frozen backbone (ic.backbones), on labels or by progressive "
+                                          "knowledge distillation; resumes from RUN_DIR/last.pt when it exists.")
+    p.add_argument("--config", required=True, metavar="FILE",
+                   help="a TOML config file, or a bundled one (tiny_synth_ic_pkd, ucf101_ic_ce, ...)")
+    p.add_argument("--method", choices=("ce", "pkd"), help="same as --set ic.method=... (default: the config's)")
+    p.add_argument("--teachers", type=_names, metavar="T1,T2,...",
+                   help="PKD's teacher per phase: iframe, mv, residual or self (same as --set ic.teachers=[...]; "
+                        "default: the config's)")
+    p.add_argument("--teacher-epochs", type=_ints, metavar="E2,E3,...",
+                   help="epochs where phases 2, 3, ... begin ('' for one teacher; default: the config's)")
+    _add_overrides(p)
+    p.set_defaults(func=_run_ic)
+
+
+def _add_logits(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("logits", help="dump the logits of all 12 exits and their measured cost",
+                              description="Score every exit of the IC runs in each METHOD_DIR (one run per "
+                                          "modality) on train, val and test, at the segment counts of "
+                                          "wise.segments; writes METHOD_DIR/logits/.")
+    p.add_argument("method_dirs", nargs="+", metavar="METHOD_DIR", help="a folder of IC runs (several share passes)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="each IC at its best validation epoch, or the last epoch (default: %(default)s)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
+    _add_overrides(p)
+    p.set_defaults(func=_run_logits)
+
+
+def _add_wise(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("wise", help="fit WISE on training logits; early exit and cost sweep",
+                              description="Fit the WISE weights of METHOD_DIR's 12 exits on its training logits "
+                                          "and evaluate WISE, its ablations, early exit over wise.taus and "
+                                          "segment counts, and CoViAR's fusion; writes METHOD_DIR/wise/.")
+    p.add_argument("method_dirs", nargs="+", metavar="METHOD_DIR", help="a folder of IC runs with logits/")
+    _add_overrides(p)
+    p.set_defaults(func=_run_wise)
+
+
+def _add_report(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("report", help="Markdown report and plots of PKD and WISE over seeds",
+                              description="Summarise RUN_DIR/seed*/METHOD/wise/results.json (or RUN_DIR/METHOD/... "
+                                          "for one seed) as RUN_DIR/report/report.md and PNG plots; prints the "
+                                          "main table.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder of seed*/ folders of method folders")
+    p.add_argument("--split", choices=("test", "val"), default="test", help="(default: %(default)s)")
+    p.add_argument("--wise-method", metavar="METHOD",
+                   help="the method whose WISE and trade-off figures are shown (default: pkd, else the last)")
+    p.set_defaults(func=_run_report)
+
+
 # Subcommands in the order `cvtrain --help` lists them; later stages add theirs here.
-SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_fit, _add_eval)
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_fit, _add_eval, _add_ic, _add_logits,
+                                                                          _add_wise, _add_report)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

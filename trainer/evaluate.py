@@ -48,7 +48,7 @@ class Evaluation:
     clip_logits: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), dtype=np.float32))
 
 
-def _check_once(ids: Sequence[str], where: str) -> None:
+def check_once(ids: Sequence[str], where: str) -> None:
     duplicates = [i for i, n in Counter(ids).items() if n > 1]
     if duplicates:
         raise RuntimeError(f"{where}: {len(duplicates)} videos were evaluated more than once "
@@ -111,7 +111,7 @@ def evaluate_model(
     if parts is None:
         return out
     all_ids = [i for part in parts for i in part[0]]
-    _check_once(all_ids, desc)
+    check_once(all_ids, desc)
     order = np.argsort(np.array(all_ids, dtype=str), kind="stable")
     out.ids = np.array(all_ids, dtype=str)[order]
     out.labels = np.concatenate([p[1] for p in parts])[order]
