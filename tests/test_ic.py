@@ -20,7 +20,8 @@ from trainer.cli import main as cvtrain
 from trainer.config import ConfigError, from_dict, load_config
 from trainer.distributed import Dist
 from trainer.fit import train
-from trainer.ic import ICTask, evaluate_exits, load_backbone, load_ic_run, train_ics
+from trainer.exits import evaluate_exits, load_backbone, load_ic_run
+from trainer.ic import ICTask, train_ics
 from trainer.models import INPUT_CHANNELS, MODALITIES, ModalityNet
 from trainer.pkd import TeacherSchedule, ic_loss, soft_target_loss
 from trainer.tensor_data import TensorData

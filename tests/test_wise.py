@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.config import WiseConfig
-from trainer.ic import ICNet
+from trainer.exits import ICNet
 from trainer.wise import (
     EXIT_NAMES,
     combine,

@@ -219,7 +219,7 @@ class BackboneTask:
         return [""] if improved else [], {"is_best": improved, "best_val_top1": self.best["top1"]}
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
@@ -266,7 +266,7 @@ def fit(cfg: Config, dist: Dist | None = None, data: DataModule | None = None) -
         data: the data module (default: the one `cfg.data.source` names).
     """
     dist = dist or distributed.setup(cfg.run.device)
-    _seed_everything(cfg.run.seed)
+    seed_everything(cfg.run.seed)
     data = data or open_data(cfg, rank=dist.rank, world_size=dist.world_size)
     return train(cfg, BackboneTask(cfg, dist, data.num_classes), data, dist)
 

@@ -29,7 +29,7 @@ from trainer.batches import open_data
 from trainer.config import Config, load_config
 from trainer.distributed import Dist
 from trainer.evaluate import find_runs
-from trainer.ic import EXITS, ICNet, evaluate_exits, load_ic_run
+from trainer.exits import EXITS, ICNet, evaluate_exits, load_ic_run
 from trainer.models import MODALITIES
 
 LOGITS = "logits"

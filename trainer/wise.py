@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from trainer.config import Config, ConfigError, WiseConfig, load_config
 from trainer.evaluate import find_runs
-from trainer.ic import EXITS, ExitCosts
+from trainer.exits import EXITS, ExitCosts
 from trainer.logits import COSTS, LOGITS, load_logits
 from trainer.metrics import DEFAULT_FUSION_WEIGHTS, fuse
 
