@@ -8,11 +8,15 @@
 # SHARDS: the shard folder (manifest.json); RUNS: the backbone runs, RUNS/{iframe,mv,residual}/best.pt
 # (`cvtrain fit --config tiny_synth --set run.dir=RUNS/{modality}`). Writes RUNS/paper/seed{N}/{ce,pkd}/...
 # and RUNS/paper/report/, and prints the report's main table. Environment:
-#   SEEDS="0 1"       IC-training seeds
+#   SEEDS="0 1 2"     IC-training seeds
 #   CONFIG=tiny_synth IC configs CONFIG_ic_ce and CONFIG_ic_pkd (bundled name or path prefix)
 #   ABLATIONS=1       also PKD's anti-curriculum order and a single I-frame teacher
+#   OMP_NUM_THREADS   torch's threads per process (default 1: one core computes while the data
+#                     loader's worker decodes on the other; with more threads than free cores,
+#                     their spin-waits made every step ~10x slower on 2 cores, measured)
 # Safe to run again: finished IC runs resume at their end; logits, WISE and report are redone.
 set -euo pipefail
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 if [ $# -ne 2 ]; then
   sed -n '2,15p' "$0" >&2
   exit 2
@@ -20,7 +24,7 @@ fi
 shards=$1
 runs=$2
 out=$runs/paper
-seeds=${SEEDS:-0 1}
+seeds=${SEEDS:-0 1 2}
 config=${CONFIG:-tiny_synth}
 for m in iframe mv residual; do
   [ -f "$runs/$m/best.pt" ] || { echo "paper_pipeline: $runs/$m/best.pt is missing: train the backbones first" >&2; exit 2; }

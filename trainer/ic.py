@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainer import checkpoint, distributed
+from trainer import distributed
 from trainer.batches import Batch, DataModule, open_data
 from trainer.config import Config, ConfigError
 from trainer.distributed import Dist
@@ -103,12 +103,13 @@ class ICTask:
         modality = cfg.model.modality
         path = backbone_path(cfg, modality)
         net = load_backbone(path, dist.device)
-        args = checkpoint.load(path)["model_args"]
+        found = {"modality": net.modality, "arch": net.backbone.arch, "width": net.backbone.conv1.out_channels,
+                 "num_classes": net.num_classes}
         expected = {"modality": modality, "arch": cfg.model.arch, "width": cfg.model.width, "num_classes": num_classes}
         for key, value in expected.items():
-            if args[key] != value:
+            if found[key] != value:
                 where = "the data have" if key == "num_classes" else f"the config says model.{key} ="
-                raise ConfigError(f"ic.backbones: {path} has {key} {args[key]!r}, {where} {value!r}")
+                raise ConfigError(f"ic.backbones: {path} has {key} {found[key]!r}, {where} {value!r}")
         self.model = ICNet(net, InternalClassifiers(cfg.model.arch, num_classes, cfg.model.width)).to(dist.device)
         self.model_args = {"modality": modality, "arch": cfg.model.arch, "num_classes": num_classes,
                            "width": cfg.model.width}
@@ -183,7 +184,7 @@ class ICTask:
 
     def select(self, val: dict[str, Any] | None, epoch: int) -> tuple[list[str], dict[str, Any]]:
         improved = []
-        for i, name in enumerate(IC_EXITS):
+        for name in IC_EXITS:
             if val is not None and val[f"{name}_top1"] > self.best[name]["top1"]:
                 self.best[name] = {"epoch": epoch, "top1": val[f"{name}_top1"]}
                 improved.append(name)

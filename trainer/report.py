@@ -296,7 +296,7 @@ def write_report(run_dir: str | Path, *, split: str = "test", wise_method: str |
     final_w = mean_std(np.array([[r["final_weights"][e] for e in EXIT_NAMES] for r in chosen.seeds.values()]))
     taus, acc, macs = _curve(chosen, split, WISE)
     scale, unit = macs_unit(macs.max())
-    sweep_rows = [[f"{t:g}", _pm(*mean_std(acc[:, i])), f"{macs[:, i].mean() / scale:.3f}"] for i, t in enumerate(taus)]
+    sweep_rows = [[f"{t:.10g}", _pm(*mean_std(acc[:, i])), f"{macs[:, i].mean() / scale:.3f}"] for i, t in enumerate(taus)]
     lines = [
         f"# PKD and WISE on {run_dir}", "",
         f"Seeds: {', '.join(seeds)} (IC training seeds; WISE is deterministic given the logits). "

@@ -248,5 +248,5 @@ def format_results(results: Mapping[str, Any], split: str = "test") -> str:
                  f"{fusion['accuracy']:.2%} at {fusion['macs'] / 1e9:.3f} GMACs")
     for p in results["sweep"][split]:
         if p["variant"] == WISE and p["segments"] == default:
-            lines.append(f"WISE early exit tau {p['tau']:<10g} {p['accuracy']:7.2%} at {p['macs'] / 1e9:.3f} GMACs")
+            lines.append(f"WISE early exit tau {p['tau']:<10.10g} {p['accuracy']:7.2%} at {p['macs'] / 1e9:.3f} GMACs")
     return "\n".join(lines)
