@@ -46,6 +46,6 @@ cvtrain eval "$out/backbones" | tee "$out/backbones.txt"
 
 if [ -x scripts/paper_pipeline.sh ]; then
   echo "== 5. internal classifiers (CE, PKD), WISE, early exit and cost: the paper's pipeline"
-  bash scripts/paper_pipeline.sh data/shards "$out"
+  bash scripts/paper_pipeline.sh data/shards "$out/backbones"
 fi
 echo "main job done: $out/"
