@@ -44,7 +44,7 @@ for modality in mv residual iframe; do
 done
 cvtrain eval "$out/backbones" | tee "$out/backbones.txt"
 
-if [ -x scripts/paper_pipeline.sh ]; then
+if [ -f scripts/paper_pipeline.sh ]; then
   echo "== 5. internal classifiers (CE, PKD), WISE, early exit and cost: the paper's pipeline"
   bash scripts/paper_pipeline.sh data/shards "$out/backbones"
 fi
