@@ -75,9 +75,9 @@ def find_methods(run_dir: str | Path) -> list[Method]:
 
 
 def mean_std(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and sample standard deviation over seeds (0 for a single seed)."""
+    """Mean and sample standard deviation over seeds (NaN for a single seed: no spread known)."""
     values = np.asarray(values, dtype=np.float64)
-    std = values.std(axis, ddof=1) if values.shape[axis] > 1 else np.zeros(np.delete(values.shape, axis))
+    std = values.std(axis, ddof=1) if values.shape[axis] > 1 else np.full(np.delete(values.shape, axis), np.nan)
     return values.mean(axis), std
 
 
@@ -87,6 +87,8 @@ def macs_unit(largest: float) -> tuple[float, str]:
 
 
 def _pm(mean: float, std: float, scale: float = 100.0, digits: int = 1) -> str:
+    if np.isnan(std):
+        return f"{mean * scale:.{digits}f}"
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
@@ -144,33 +146,35 @@ def _segments_label(segments: Mapping[str, int]) -> str:
     return "/".join(str(segments[m]) for m in ORDER)
 
 
+def _beyond_spread(mu: np.ndarray, sd: np.ndarray, seeds: int) -> str:
+    """How many differences exceed the seeds' spread of the difference, either way."""
+    if seeds < 2:
+        return "one seed, so no spread to compare with"
+    return (f"ahead by more than the seeds' spread of the difference on {int((mu > sd).sum())}, "
+            f"behind by more on {int((-mu > sd).sum())} ({seeds} seeds)")
+
+
 def findings(methods: Sequence[Method], wise_method: Method, split: str) -> list[str]:
-    """What the figures say, in numbers: paired differences over seeds (same seed index)."""
+    """What the figures say, in numbers: paired differences over seeds (same seed name)."""
     out = []
     by_name = {m.name: m for m in methods}
-    if "ce" in by_name:
-        ce = by_name["ce"]
-        for m in methods:
-            if m.name == "ce":
-                continue
-            seeds = sorted(set(ce.seeds) & set(m.seeds))
-            if not seeds:
-                continue
-            ics = [k for k, name in enumerate(EXIT_NAMES) if not name.endswith("4")]
-            diff = np.array([np.array(m.seeds[s]["accuracy"][split]["no_lateral"])[ics]
-                             - np.array(ce.seeds[s]["accuracy"][split]["no_lateral"])[ics] for s in seeds])
-            mu, sd = mean_std(diff)
-            wins = int((mu > 0).sum())
-            out.append(f"{m.name} vs ce, the 9 ICs: mean difference {mu.mean() * 100:+.1f} points "
-                       f"(per IC from {mu.min() * 100:+.1f} to {mu.max() * 100:+.1f}); {m.name} is ahead on "
-                       f"{wins} of 9 by the seed mean; ahead by more than the seeds' spread of the difference on "
-                       f"{int((mu > sd).sum())}, behind by more on {int((-mu > sd).sum())} ({len(seeds)} seeds).")
+    ics = [k for k, name in enumerate(EXIT_NAMES) if not name.endswith("4")]
+    for m in methods:
+        seeds = sorted(set(by_name["ce"].seeds) & set(m.seeds)) if "ce" in by_name and m.name != "ce" else []
+        if not seeds:
+            continue
+        diff = np.array([np.array(m.seeds[s]["accuracy"][split]["no_lateral"])[ics]
+                         - np.array(by_name["ce"].seeds[s]["accuracy"][split]["no_lateral"])[ics] for s in seeds])
+        mu, sd = mean_std(diff)
+        out.append(f"{m.name} vs ce, the 9 ICs: mean difference {mu.mean() * 100:+.1f} points "
+                   f"(per IC from {mu.min() * 100:+.1f} to {mu.max() * 100:+.1f}); {m.name} is ahead on "
+                   f"{int((mu > 0).sum())} of 9 by the seed mean; {_beyond_spread(mu, sd, len(seeds))}.")
     for other in ("no_lateral", "no_scaling"):
         diff = wise_method.per_exit(split, WISE) - wise_method.per_exit(split, other)
         mu, sd = mean_std(diff)
         out.append(f"{wise_method.name}: WISE vs {VARIANT_LABELS[other]}: mean difference over the 12 exits "
-                   f"{mu.mean() * 100:+.1f} points; ahead on {int((mu > 0).sum())} of 12, by more than the "
-                   f"spread on {int((mu > sd).sum())}, behind by more on {int((-mu > sd).sum())}.")
+                   f"{mu.mean() * 100:+.1f} points; ahead on {int((mu > 0).sum())} of 12; "
+                   f"{_beyond_spread(mu, sd, len(diff))}.")
     fusion, cost = _fusion(wise_method, split)
     taus, acc, macs = _curve(wise_method, split, WISE)
     full = taus.index(1.0) if 1.0 in taus else len(taus) - 1
@@ -301,7 +305,8 @@ def write_report(run_dir: str | Path, *, split: str = "test", wise_method: str |
         f"# PKD and WISE on {run_dir}", "",
         f"Seeds: {', '.join(seeds)} (IC training seeds; WISE is deterministic given the logits). "
         f"Split: {split}. Every figure is the mean ± sample standard deviation over the seeds, top-1 in %.", "",
-        "Methods:", *[f"- `{m.name}`: {m.description or 'see its IC runs'} ({len(m.seeds)} seeds)" for m in methods],
+        "Methods:", *[f"- `{m.name}`: {m.description or 'see its IC runs'} ({len(m.seeds)} seed{'s' * (len(m.seeds) > 1)})"
+                     for m in methods],
         "", "## Main table", "",
         f"Each exit alone per method; `{chosen.name}`'s WISE and no-scaling ensembles at every exit; the cost per "
         f"video of reaching the exit (segments R/MV/I {_segments_label(first['default_segments'])}).", "",
@@ -309,7 +314,7 @@ def write_report(run_dir: str | Path, *, split: str = "test", wise_method: str |
         "## Internal classifiers", "", "![per-IC accuracy](ic_accuracy.png)", "",
         "## WISE and its ablations", "", "![WISE](wise.png)", "",
         f"Weights of the last exit's vector w^(12) in `{chosen.name}` (CoViAR's fusion uses 1 : 1 : 2 on R4, MV4, I4):",
-        "", _table(list(EXIT_NAMES), [[f"{mu:.2f} ± {sd:.2f}" for mu, sd in zip(*final_w, strict=True)]]), "",
+        "", _table(list(EXIT_NAMES), [[_pm(mu, sd, scale=1, digits=2) for mu, sd in zip(*final_w, strict=True)]]), "",
         "## Accuracy against cost", "", "![trade-off](tradeoff.png)", "",
         f"WISE early exit at segments {_segments_label(first['default_segments'])}:", "",
         _table(["tau", "top-1 (%)", unit], sweep_rows), "",
