@@ -346,6 +346,10 @@ def test_bundled_paper_recipes(dataset):
     # The backbones are where `cvtrain fit --config DATASET_MODALITY` puts them.
     for m in MODALITIES:
         assert Path(pkd.ic.backbones.replace("{modality}", m)).parent == load_config(f"{dataset}_{m}").run_dir
-    tiny = load_config("tiny_synth_ic_pkd")
-    assert Path(tiny.ic.backbones.replace("{modality}", "mv")).parent == load_config(
-        "tiny_synth", ["model.modality=mv"]).run_dir
+    # ICs read the data as their backbones were trained on them (flips, sizes, segments).
+    assert ce.data == pkd.data == load_config(f"{dataset}_mv").data
+    for name in ("tiny_synth_ic_ce", "tiny_synth_ic_pkd"):
+        tiny = load_config(name)
+        assert tiny.data == load_config("tiny_synth").data
+        assert Path(tiny.ic.backbones.replace("{modality}", "mv")).parent == load_config(
+            "tiny_synth", ["model.modality=mv"]).run_dir
