@@ -240,7 +240,7 @@ def plot_wise(method: Method, split: str, path: Path) -> None:
 
 def plot_tradeoff(method: Method, split: str, path: Path) -> None:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, ax = plt.subplots(figsize=(12, 5.5))
     first = next(iter(method.seeds.values()))
     combos = [p["segments"] for p in first["fusion"][split]]
     scale, unit = macs_unit(max(p["macs"] for p in first["sweep"][split]))
@@ -264,7 +264,7 @@ def plot_tradeoff(method: Method, split: str, path: Path) -> None:
     ax.set_xlabel(f"{unit} per video (measured; cumulative over the exits a video runs)")
     ax.set_ylabel(f"{split} top-1 (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # off the curves
     ax.set_title(f"{method.name}: early exit, segments R/MV/I {_segments_label(first['default_segments'])}; "
                  f"mean ± std over {len(method.seeds)} seeds")
     fig.tight_layout()
