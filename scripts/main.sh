@@ -2,7 +2,7 @@
 # The main job, end to end on the embedded synthetic dataset: set up; generate and encode
 # the dataset; look at what the extractor sees; shard it with a local Ray; train the
 # three CoViAR networks and evaluate them and their fusion; then the paper's pipeline
-# (internal classifiers with CE and PKD, WISE, early exit, report) when it is there.
+# (internal classifiers with CE and PKD, WISE, early exit, report).
 # Outputs: data/ (videos, manifests, shards) and runs/main/ (pictures, runs, report).
 # Safe to run again: finished steps are kept.
 set -euo pipefail
@@ -44,8 +44,6 @@ for modality in mv residual iframe; do
 done
 cvtrain eval "$out/backbones" | tee "$out/backbones.txt"
 
-if [ -f scripts/paper_pipeline.sh ]; then
-  echo "== 5. internal classifiers (CE, PKD), WISE, early exit and cost: the paper's pipeline"
-  bash scripts/paper_pipeline.sh data/shards "$out/backbones"
-fi
+echo "== 5. internal classifiers (CE, PKD), WISE, early exit and cost: the paper's pipeline"
+bash scripts/paper_pipeline.sh data/shards "$out/backbones"
 echo "main job done: $out/"
