@@ -48,7 +48,8 @@ import cvpipe  # noqa: E402
 from cvpipe import coviar  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clips import DEFAULT_WORKDIR, clip  # noqa: E402 - sibling module of a script
+import clips  # noqa: E402 - sibling module of a script
+from clips import DEFAULT_WORKDIR, clip  # noqa: E402
 
 THREE = ("bgr", "mv_accumulated", "residual_accumulated")
 FIVE = ("bgr", "mv", "mv_accumulated", "residual", "residual_accumulated")
@@ -201,6 +202,9 @@ def make_sample(video: cvpipe.Video, segments: int, rng: np.random.Generator | N
 
 
 def coviar_loads(path: Path, sample: Sample) -> None:
+    # Timing repeats one sample: without this its MV/residual pairs would come from the
+    # cache of the previous repeat instead of a decode.
+    coviar.clear_cache(indexes=False)
     for igop, (gop, pos) in zip(sample.iframe_gops, sample.mv_residual):
         coviar.load(path, igop, 0, coviar.IFRAME, True)
         coviar.load(path, gop, pos, coviar.MV, True)
@@ -294,16 +298,6 @@ def samples_of(path: Path, video: cvpipe.Video, seeds: int, plan: Plan) -> dict[
 # ---- printing -------------------------------------------------------------------------
 
 
-def table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = "  ".join("-" * w for w in widths)
-
-    def fmt(row: list[str]) -> str:  # first column left-aligned, figures right-aligned
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-
-    print("\n".join([f"\n{title}", line, fmt(header), line, *map(fmt, rows)]))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help=f"clip cache (default {DEFAULT_WORKDIR})")
@@ -369,7 +363,7 @@ def report(
             t = w[key]
             vs = "  ".join(f"{t.ms / w[r].ms:.2f}" for r in refs) if key in ours else ""
             rows.append([f"{name}: {key}", f"{t.ms:.1f}", f"{t.ms / n:.3f}", f"{t.faults}", vs])
-    table("1. whole video (three = bgr + mv_accumulated + residual_accumulated; five = all dense; "
+    clips.table("1. whole video (three = bgr + mv_accumulated + residual_accumulated; five = all dense; "
           "GOP chunks = one extract per GOP; reused = freed memory kept mapped)",
           ["clip: measurement", "ms/video", "ms/frame", "page faults", "ours / CLI process, -benchmark, PyAV"], rows)
 
@@ -381,7 +375,7 @@ def report(
             rows.append([key, per_frame(key), f"{faults / total_frames:.0f}", per_frame(key + REUSED),
                          f"{(total(key + REUSED) - decode) / total_frames:+.3f} ms/f",
                          f"{total(key + REUSED) / total('PyAV decode'):.2f}"])
-        table(f"1b. where the time goes, all clips ({total_frames} frames); decode only = extract(frames, ('blocks',)), "
+        clips.table(f"1b. where the time goes, all clips ({total_frames} frames); decode only = extract(frames, ('blocks',)), "
               "no pixel work",
               ["representations", "fresh", "faults/frame", "GOP chunks reused", "reused minus decode",
                "reused / PyAV"], rows)
@@ -394,7 +388,7 @@ def report(
                 ms = s[f"{kind} {how}"]
                 rows.append([f"{name}: {kind} {how}", f"{ms:.2f}", f"{coviar_ms / ms:.1f}x", f"{ms / plain:.2f}"])
             rows.append([f"{name}: {kind} PyAV same GOPs", f"{plain:.2f}", "", ""])
-    table(f"2. CoViAR-style samples: train = {TRAIN_SEGMENTS} random segments (median over seeds), "
+    clips.table(f"2. CoViAR-style samples: train = {TRAIN_SEGMENTS} random segments (median over seeds), "
           f"test = {TEST_SEGMENTS} centres",
           ["clip: sample, how", "ms", "speed-up vs CoViAR low bound", "ours / PyAV same GOPs"], rows)
 
@@ -403,7 +397,7 @@ def report(
         for suffix in ["", REUSED]:
             only, full = w["mv_only" + suffix].ms, w["mv full decode" + suffix].ms
             rows.append([f"{name}{suffix}", f"{only:.1f}", f"{full:.1f}", f"{only / full:.2f}"])
-    table("3. MV-only mode (mv + mv_accumulated + blocks), whole video",
+    clips.table("3. MV-only mode (mv + mv_accumulated + blocks), whole video",
           ["clip", "mv_only ms", "full decode ms", "ratio"], rows)
 
     def median_over(key: str) -> float:
@@ -426,7 +420,7 @@ def report(
                      f"{ms / plain:.2f}", "-"])
     rows.append(["MV-only / full decode, whole video", per_frame("mv_only"), per_frame("mv full decode"),
                  f"{total('mv_only') / total('mv full decode'):.2f}", "< 1"])
-    table("Summary (whole video: frame-weighted over all clips; samples: median over clips; "
+    clips.table("Summary (whole video: frame-weighted over all clips; samples: median over clips; "
           "CoViAR speed-ups use the LOW end of its published range, so they are conservative)",
           ["measurement", "ours", "reference", "ratio", "target"], rows)
 

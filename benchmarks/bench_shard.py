@@ -37,7 +37,7 @@ import zstandard
 import clips
 import cvpipe
 from cvpipe import shard_schema as ss
-from cvpipe.manifest import ManifestEntry, read_manifest, write_manifest
+from cvpipe.manifest import read_manifest, write_manifest
 from cvpipe.shard_job import run_job
 from cvpipe.shard_writer import ShardOptions
 from cvpipe.synth import SynthConfig, generate
@@ -117,21 +117,6 @@ def encoding_rows(name: str, path: Path, repeats: int) -> list[list[str]]:
     return rows
 
 
-def table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-    def fmt(row: list[str]) -> str:  # first columns left-aligned, figures right-aligned
-        return "  ".join(str(c).ljust(w) if not _is_figure(c) else str(c).rjust(w) for c, w in zip(row, widths))
-
-    print(f"\n{title}\n{fmt(header)}\n{'  '.join('-' * w for w in widths)}")
-    for row in rows:
-        print(fmt(row))
-
-
-def _is_figure(text: str) -> bool:
-    return text.replace(".", "", 1).replace("x", "").replace("%", "").replace("-", "").isdigit()
-
-
 def synth_manifest(workdir: Path, classes: int, per_class: int) -> Path:
     out = workdir / f"synth-340x256-c{classes}-v{per_class}"
     if not (out / "all.jsonl").is_file():
@@ -140,14 +125,8 @@ def synth_manifest(workdir: Path, classes: int, per_class: int) -> Path:
 
 
 def real_manifest(workdir: Path, names: list[str]) -> Path:
-    entries = []
-    for label, name in enumerate(names):
-        try:
-            entries.append(ManifestEntry(name, str(clips.clip(name, workdir)), label, name, "train"))
-        except FileNotFoundError as e:
-            print(f"(skipping {name}: {e})")
     path = workdir / "real.jsonl"
-    write_manifest(entries, path)
+    write_manifest(clips.clip_entries(names, workdir), path)
     return path
 
 
@@ -208,7 +187,7 @@ def main() -> None:
     synth_video = Path(read_manifest(synth)[0].path)
     rows = encoding_rows("synthetic", synth_video, repeats) + encoding_rows("vtest", clips.clip("vtest", args.workdir),
                                                                             repeats)
-    table("1. Member encodings (per member; KiB, ms)", ["video", "kind", "encoding", "KiB", "encode", "decode"], rows)
+    clips.table("1. Member encodings (per member; KiB, ms)", ["video", "kind", "encoding", "KiB", "encode", "decode"], rows)
 
     with tempfile.TemporaryDirectory(prefix="bench_shard_") as tmp:
         scratch = Path(tmp)
@@ -217,7 +196,7 @@ def main() -> None:
         rows = [[str(w), str(r["videos"]), f"{r['job']:.1f}", f"{r['videos/s']:.2f}",
                  f"{r['extract']:.0%}", f"{r['quantise']:.0%}", f"{r['encode']:.0%}", f"{r['write']:.0%}",
                  f"{1 - r['tasks']:.0%}", f"{1 - r['extract']:.0%}"] for w, r in runs.items()]
-        table(f"2. cvpipe shard on the synthetic set, 340x256, {runs[1]['frames'] // runs[1]['videos']} frames per "
+        clips.table(f"2. cvpipe shard on the synthetic set, 340x256, {runs[1]['frames'] // runs[1]['videos']} frames per "
               f"video, shard size {shard_size} (shares of worker time = workers x job time)",
               ["workers", "videos", "job s", "videos/s", "extract", "quantise", "encode", "tar", "Ray+idle",
                "outside extraction"], rows)
@@ -226,7 +205,7 @@ def main() -> None:
 
         rows = bytes_rows("synthetic", synth, scratch, shard_size)
         rows += bytes_rows("real", real_manifest(args.workdir, real_names), scratch, 1)
-        table("3. Bytes per video (MiB) against the source m4v", ["set", "options", "videos", "frames/video",
+        clips.table("3. Bytes per video (MiB) against the source m4v", ["set", "options", "videos", "frames/video",
                                                                   "source", "shards", "ratio"], rows)
     print(f"\n1-minute load average: {load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
           f"({os.cpu_count()} CPUs)")

@@ -143,12 +143,7 @@ def synth_data(workdir: Path) -> tuple[Path, Path]:
 def real_data(workdir: Path) -> tuple[Path, Path] | None:
     """(manifest, shard folder) of the real clips whose footage is installed; None if none is."""
     root = workdir / "train-data-real"
-    entries = []
-    for label, name in enumerate(REAL_CLIPS):
-        try:
-            entries.append(ManifestEntry(name, str(clips.clip(name, workdir)), label, name, "train"))
-        except FileNotFoundError as e:
-            print(f"(no real clip {name}: {e})")
+    entries = clips.clip_entries(REAL_CLIPS, workdir)
     if not entries:
         return None
     root.mkdir(parents=True, exist_ok=True)
@@ -250,7 +245,7 @@ def raw_rate(entries: list[ManifestEntry], passes: int, sampling: Sampling, cloc
     for _ in range(passes):
         for entry in entries:
             # Cold index per video, as when the dataset outgrows the loader's 32-video cache.
-            coviar._open_cached.cache_clear()  # noqa: SLF001
+            coviar.clear_cache()
             pending.append(raw_sample(entry.path, rng, sampling, watch))
             if len(pending) == BATCH:
                 collate(pending, watch)
@@ -365,16 +360,6 @@ def step_times(modality: str, num_classes: int, warmup: int, steps: int) -> list
 # ---- report ----------------------------------------------------------------------------
 
 
-def table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = "  ".join("-" * w for w in widths)
-
-    def fmt(row: list[str]) -> str:  # first column left-aligned, figures right-aligned
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-
-    print("\n".join([f"\n{title}", line, fmt(header), line, *map(fmt, rows)]))
-
-
 def share_rows(watch: Stopwatch, videos: int) -> list[list[str]]:
     total = sum(watch.seconds.values())
     rows = [[name, f"{s / videos * 1e3:.2f}", f"{s / total:.0%}"] for name, s in watch.seconds.items()]
@@ -403,7 +388,7 @@ def report(sets: list[dict], tiny: list[list[str]], clock: Clock) -> None:
         rows.append([s["name"], f"{s['frames']:.0f}", f"{s['shards']:.1f}", f"{s['raw']:.1f}",
                      f"{s['shards'] / s['raw']:.2f}x", f"{1 / coviar_with_augment:.1f}",
                      f"{s['shards'] * coviar_with_augment:.2f}x", f"{TARGET:.0f}x"])
-    table(f"1-2. Training samples (3 segments x I+MV+R, crop to {SIZE}, flip, normalise), videos/s for one "
+    clips.table(f"1-2. Training samples (3 segments x I+MV+R, crop to {SIZE}, flip, normalise), videos/s for one "
           f"loader worker ({clock.name} time)",
           ["set", "frames/video", "shards", "raw (coviar.load)", "shards/raw", "CoViAR loader*", "shards/CoViAR*",
            "target"], rows)
@@ -415,21 +400,21 @@ def report(sets: list[dict], tiny: list[list[str]], clock: Clock) -> None:
               f"{s['passes']} pass(es) of {s['entries']} training videos; shard and raw tensors of "
               f"{CHECKED_VIDEOS} videos differ by at most {s['difference']:.2g}")
     if tiny:
-        table("1b. The shard reader at the tiny config's size, videos/s", ["set", "shards"], tiny)
+        clips.table("1b. The shard reader at the tiny config's size, videos/s", ["set", "shards"], tiny)
 
     for s in sets:
         per_video = 1e3 / s["shards"]
         rows = share_rows(s["watch"], s["videos"])
         rows.append([f"part 1's time per video (reader overhead {per_video - float(rows[-1][1]):+.2f})",
                      f"{per_video:.2f}", ""])
-        table(f"3. {s['name']}: where the shard reader's time goes, ms per video ({s['videos']} videos)",
+        clips.table(f"3. {s['name']}: where the shard reader's time goes, ms per video ({s['videos']} videos)",
               ["step", "ms/video", "share"], rows)
         sizes = s["sizes"]
         print(f"tar bytes read per video {sizes['read'] / s['videos'] / 2**20:.2f} MiB, of which the sampled members "
               f"{sizes['used'] / s['videos'] / 2**20:.2f} MiB ({sizes['used'] / sizes['read']:.1%})")
-        table(f"3b. {s['name']}: inside train_view (9 calls per video), ms per video",
+        clips.table(f"3b. {s['name']}: inside train_view (9 calls per video), ms per video",
               ["step", "ms/video", "share"], share_rows(sizes["parts"], s["videos"]))
-        table(f"3c. {s['name']}: the raw path's time, ms per video",
+        clips.table(f"3c. {s['name']}: the raw path's time, ms per video",
               ["step", "ms/video", "share"], share_rows(s["raw_watch"], s["passes"] * s["entries"]))
 
 
@@ -443,7 +428,7 @@ def report_steps(loader: float, loader_size: int, warmup: int, steps: int) -> No
         median, best = statistics.median(times), min(times)
         rows.append([modality, f"{median * 1e3:.0f}", f"{batch / median:.1f}", f"{batch * SEGMENTS / median:.0f}",
                      f"{best * 1e3:.0f}", f"{batch / best:.1f}"])
-    table(f"4. One tiny_synth training step on CPU (ResNet-18 width 16, batch {batch} x {SEGMENTS} segments, 112x112, "
+    clips.table(f"4. One tiny_synth training step on CPU (ResNet-18 width 16, batch {batch} x {SEGMENTS} segments, 112x112, "
           f"forward + backward + Adam, 2 threads, {steps} steps after {warmup} warm-up, wall time)",
           ["modality", "median ms", "videos/s", "images/s", "best ms", "best videos/s"], rows)
     print("Two threads on a shared 2-core machine stall whenever either is descheduled: the best step is the "

@@ -1,4 +1,5 @@
-"""Benchmark clips: real footage re-encoded the way CoViAR prepares its datasets.
+"""Benchmark clips (real footage re-encoded the way CoViAR prepares its datasets), their
+manifest entries, and the table printer the benchmark scripts share.
 
 Each source is scaled to 340x256 and encoded as a raw MPEG-4 Part 2 stream at `-q:v 1`,
 GOP 12, no B-frames (REFERENCE.md section 2), once per cache directory. The encoded
@@ -67,3 +68,33 @@ def clip(name: str, workdir: Path = DEFAULT_WORKDIR) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         encode(source, out)
     return out
+
+
+def clip_entries(names: list[str], workdir: Path = DEFAULT_WORKDIR):
+    """Manifest entries (train split, one class per clip) of the clips whose footage is
+    installed; a missing one is named and left out."""
+    from cvpipe.manifest import ManifestEntry
+
+    entries = []
+    for label, name in enumerate(names):
+        try:
+            entries.append(ManifestEntry(name, str(clip(name, workdir)), label, name, "train"))
+        except FileNotFoundError as e:
+            print(f"(no clip {name}: {e})")
+    return entries
+
+
+def _is_figure(text: str) -> bool:
+    return text.replace(".", "", 1).replace("x", "").replace("%", "").replace("-", "").isdigit()
+
+
+def table(title: str, header: list[str], rows: list[list]) -> None:
+    """Prints a titled table: text left-aligned, figures right-aligned."""
+    cells = [[str(c) for c in row] for row in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = "  ".join("-" * w for w in widths)
+
+    def fmt(row: list[str]) -> str:
+        return "  ".join(c.rjust(w) if _is_figure(c) else c.ljust(w) for c, w in zip(row, widths))
+
+    print("\n".join([f"\n{title}", line, fmt(cells[0]), line, *map(fmt, cells[1:])]))

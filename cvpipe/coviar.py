@@ -77,6 +77,16 @@ def _motion(video: Video, frame: int, suffix: str) -> tuple[np.ndarray, np.ndarr
     return pair
 
 
+def clear_cache(*, indexes: bool = True, recent: bool = True) -> None:
+    """Forgets opened videos' indexes and/or the recent (MV, residual) pairs, e.g. to time
+    a first read."""
+    if indexes:
+        _open_cached.cache_clear()
+    if recent:
+        with _recent_lock:
+            _recent.clear()
+
+
 def get_num_frames(path: str | os.PathLike) -> int:
     """Decodable frames in the video (CoViAR's count misses the last one; ours does not)."""
     return _open(path).num_frames
