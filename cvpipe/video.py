@@ -13,7 +13,9 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from cvpipe import _native
+from cvpipe.extension import load_extension
+
+_native = load_extension()
 
 InvalidVideoError = _native.InvalidVideoError
 UnsupportedVideoError = _native.UnsupportedVideoError

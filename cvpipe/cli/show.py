@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 import cvpipe
-from cvpipe.show import render
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,6 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: matplotlib and the compiled extension, which every other subcommand's
+    # start-up (a `cvpipe shard` driver on a machine without FFmpeg) should not need.
+    from cvpipe.show import render
+
     video = cvpipe.open(args.video)
     frame = args.frame if args.frame is not None else video.gop_starts[0] + video.gop_size(0) // 2
     render(video, frame, args.out)
