@@ -7,10 +7,17 @@ a record of it (`records/NAME.json`: its videos, options, size, checksum, errors
 atomically. A worker process that dies is retried by Ray (`max_retries`); a Python
 exception for one video is recorded in the shard's errors, never retried.
 
-Resume: a shard whose record matches the plan and the options, and whose tar matches the
-record's size and SHA-256, is kept; the rest are built. After the tasks, manifest.json is
-written (atomically) and the output is verified (cvpipe.shard_verify): the run fails if
-any manifest entry is not in exactly one shard or the errors list.
+Before anything is written, one task per node checks that the workers import the driver's
+cvpipe with its compiled extension (cvpipe.shard_cluster); a failure of the environment,
+there or later (a task that cannot import, cannot write, or whose worker dies past Ray's
+retries), stops the job with EnvironmentProblem and is never recorded as a bad video.
+
+Resume: a shard is kept when every one of its videos was stored, its record matches the
+plan and the options, and its tar matches the record's size and SHA-256; the rest are
+built, so a run again retries every video that failed before. After the tasks,
+manifest.json is written (atomically; a run that builds anything removes the old one
+first) and the output is verified (cvpipe.shard_verify): the run fails if any manifest
+entry is not in exactly one shard or the errors list.
 
 Fault injection for tests, by shard name (without .tar), read by the driver:
 - CVPIPE_FAULT_KILL_ONCE=NAME: the task of that shard SIGKILLs its own worker process
@@ -24,11 +31,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import signal
-import socket
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -38,6 +43,7 @@ from typing import Any, Callable, Sequence
 from tqdm import tqdm
 
 from cvpipe.manifest import SPLITS, ManifestEntry, read_manifest
+from cvpipe.shard_cluster import EnvironmentProblem, check_workers, connect, last_line
 from cvpipe.shard_schema import SCHEMA_VERSION
 from cvpipe.shard_verify import MANIFEST_NAME, VerifyReport, verify
 from cvpipe.shard_writer import ShardOptions, Timings, write_json_atomic, write_shard
@@ -113,6 +119,8 @@ def build_shard(plan: ShardPlan, out_dir: str, options: dict[str, Any], fault: s
     planned = plan.fingerprint()
     after_sample = _fault_hook(out, plan.name, fault)
     result = write_shard(out / plan.tar_name, plan.entries, ShardOptions.from_json(options), after_sample)
+    if not result.ids:
+        (out / plan.tar_name).unlink(missing_ok=True)   # an earlier run's, when its videos stored then
     record = {
         "name": plan.name, "planned": planned, "options": options,
         "ids": result.ids, "bytes": result.bytes, "sha256": result.sha256, "frames": result.frames,
@@ -157,16 +165,15 @@ def file_sha256(path: Path) -> str:
 
 
 def kept_record(out: Path, plan: ShardPlan, options: dict[str, Any]) -> dict[str, Any] | None:
-    """The record of a finished shard that this run can keep, or None to rebuild it."""
+    """The record of a finished shard that this run can keep, or None to rebuild it. A
+    shard with a failed video is never finished: a run again retries the video."""
     try:
         record = read_json(out / RECORDS_DIR / f"{plan.name}.json")
     except (OSError, ValueError):
         return None
-    if record.get("planned") != plan.fingerprint() or record.get("options") != options:
+    if record.get("planned") != plan.fingerprint() or record.get("options") != options or record.get("errors"):
         return None
     tar = out / plan.tar_name
-    if not record["ids"]:
-        return None if tar.exists() else record
     if not tar.is_file() or tar.stat().st_size != record["bytes"] or file_sha256(tar) != record["sha256"]:
         return None
     return record
@@ -194,52 +201,16 @@ def clean_output(out: Path, plans: Sequence[ShardPlan], fault_markers: bool = Tr
     return removed
 
 
-# --- Ray ------------------------------------------------------------------------------
-
-def connect(address: str | None, workers: int) -> bool:
-    """Makes sure Ray is initialised; returns True if this call started it.
-
-    None or "local": a new local cluster with `workers` CPUs, dashboard and token auth
-    off (REFERENCE.md s.4). "auto" or an address: join that cluster, which has its own
-    CPU count. A Ray already initialised in this process (a test's, a Ray job's) is used.
-    """
-    # Ray is imported where it is used: it takes about a second, and every `cvpipe`
-    # subcommand loads this module through the command line's parser.
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address in (None, "", "local"):
-        if workers < 1:
-            raise ValueError(f"--workers {workers} must be at least 1")
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
-    else:
-        _check_reachable(address)
-        ray.init(address=address, logging_level=logging.WARNING)
-    return True
-
-
-def _check_reachable(address: str) -> None:
-    """Fails fast for a HOST:PORT nobody answers at (ray.init would retry for minutes)."""
-    host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():
-        return  # "auto", a ray:// client address: Ray reports those itself
-    try:
-        socket.create_connection((host, int(port)), timeout=10).close()
-    except OSError as e:
-        raise ConnectionError(f"no Ray cluster answers at {address}: {e}") from None
-
-
 @dataclass
 class JobResult:
     """What a run did; `manifest` is manifest.json's content."""
 
     manifest: dict[str, Any]
     report: VerifyReport
-    built: int = 0                     # shards built by this run
+    built: int = 0                     # shards written by this run
     kept: int = 0                      # shards kept from an earlier run
-    built_videos: int = 0
+    unwritten: int = 0                 # planned shards none of whose videos could be stored
+    built_videos: int = 0              # videos this run extracted (stored or failed)
     seconds: float = 0.0
     ray_seconds: float = 0.0           # part of `seconds` spent starting (joining) and stopping Ray
     timings: Timings = field(default_factory=Timings)
@@ -256,8 +227,14 @@ def run_job(manifest: str | os.PathLike, out_dir: str | os.PathLike, options: Sh
             progress: bool = True) -> JobResult:
     """Shards every video of `manifest` into `out_dir`; resumes what a previous run left.
 
-    Raises ValueError for a bad manifest or options; video failures are recorded in
-    manifest.json's errors, not raised. Check `result.ok` for the final verification.
+    Raises:
+        ValueError: a bad manifest or options.
+        EnvironmentProblem: the workers cannot run the job (checked before anything is
+            written), or shard tasks failed for reasons that are not a video's; the shards
+            finished so far are kept for a run again, and no manifest.json is written.
+
+    Video failures are recorded in manifest.json's errors, not raised. Check `result.ok`
+    for the final verification.
     """
     import ray
 
@@ -266,44 +243,51 @@ def run_job(manifest: str | os.PathLike, out_dir: str | os.PathLike, options: Sh
     entries = read_manifest(manifest)
     plans = plan_shards(entries, shard_size)
     out = Path(out_dir)
-    (out / RECORDS_DIR).mkdir(parents=True, exist_ok=True)
-    removed = clean_output(out, plans)
     options_json = options.to_json()
     records = {p.name: r for p in plans if (r := kept_record(out, p, options_json)) is not None}
     todo = [p for p in plans if p.name not in records]
-    result = JobResult({}, VerifyReport(str(out)), built=len(todo), kept=len(records),
-                       built_videos=sum(len(p.entries) for p in todo), removed=removed)
+    result = JobResult({}, VerifyReport(str(out)), kept=len(records), built_videos=sum(len(p.entries) for p in todo))
 
-    failed_tasks: dict[str, str] = {}
-    if todo:
-        connecting = time.perf_counter()
-        started_ray = connect(ray_address, workers)
-        result.ray_seconds = time.perf_counter() - connecting
-        try:
-            _run_tasks(todo, out, options_json, records, failed_tasks, result,
+    started_ray = False
+    try:
+        if todo:
+            connecting = time.perf_counter()
+            started_ray = connect(ray_address, workers)
+            check_workers()
+            result.ray_seconds = time.perf_counter() - connecting
+        (out / RECORDS_DIR).mkdir(parents=True, exist_ok=True)
+        result.removed = clean_output(out, plans)
+        if todo:
+            # Until this run's manifest.json lands, the folder is not a finished output.
+            (out / MANIFEST_NAME).unlink(missing_ok=True)
+            _run_tasks(todo, out, options_json, records, result,
                        initial=sum(len(p.entries) for p in plans if p.name in records),
                        total=len(entries), progress=progress)
-        finally:
-            if started_ray:
-                stopping = time.perf_counter()
-                ray.shutdown()
-                result.ray_seconds += time.perf_counter() - stopping
+    finally:
+        if started_ray:
+            stopping = time.perf_counter()
+            ray.shutdown()
+            result.ray_seconds += time.perf_counter() - stopping
     clean_output(out, plans, fault_markers=False)
 
-    result.manifest = output_manifest(manifest, entries, plans, records, failed_tasks, options_json, shard_size)
+    result.unwritten = sum(1 for r in records.values() if not r["ids"])
+    result.manifest = output_manifest(manifest, entries, plans, records, options_json, shard_size)
     write_json_atomic(out / MANIFEST_NAME, result.manifest)
     result.report = verify(out, entries)
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _run_tasks(todo: list[ShardPlan], out: Path, options_json: dict, records: dict, failed_tasks: dict,
-               result: JobResult, initial: int, total: int, progress: bool) -> None:
+def _run_tasks(todo: list[ShardPlan], out: Path, options_json: dict, records: dict, result: JobResult,
+               initial: int, total: int, progress: bool) -> None:
+    """Runs the shard tasks, adding their records to `records`; raises EnvironmentProblem
+    at the end, once every other task has finished, if any task failed."""
     import ray
 
     task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(build_shard)
     pending = {task.remote(p, str(out.resolve()), options_json, _fault_for(p.name)): p for p in todo}
     failures = sum(len(r["errors"]) for r in records.values())
+    failed_tasks = []
     with tqdm(total=total, initial=initial, unit="video", desc="shard", disable=not progress,
               dynamic_ncols=True) as bar:
         bar.set_postfix(failed=failures)
@@ -314,36 +298,32 @@ def _run_tasks(todo: list[ShardPlan], out: Path, options_json: dict, records: di
                 record = ray.get(done[0])
             except ray.exceptions.RayError as e:
                 # Not a bad video (those are in the record): the task itself failed for
-                # good, e.g. it could not write, or its worker died MAX_RETRIES + 1 times.
-                failed_tasks[plan.name] = f"shard task {plan.name} failed: {type(e).__name__}: {_first_line(e)}"
-                failures += len(plan.entries)
+                # good, e.g. it could not import or write, or its worker died MAX_RETRIES + 1 times.
+                failed_tasks.append(f"{plan.name} ({len(plan.entries)} videos): {type(e).__name__}: {last_line(e)}")
             else:
                 records[plan.name] = record
                 failures += len(record["errors"])
+                result.built += bool(record["ids"])
                 result.timings.add(Timings(**{k: v for k, v in record["timings"].items() if k != "task"}))
                 result.task_seconds += record["timings"]["task"]
             bar.update(len(plan.entries))
             bar.set_postfix(failed=failures)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[-1] if text else repr(error)
+    if failed_tasks:
+        raise EnvironmentProblem(
+            f"{len(failed_tasks)} of {len(todo)} shard tasks failed for reasons that are not a video's (the "
+            f"{len(records)} finished shards are kept; fix the cause and run again to build the rest):\n"
+            + "\n".join(f"  {line}" for line in failed_tasks))
 
 
 # --- manifest.json --------------------------------------------------------------------
 
 def output_manifest(source: Path, entries: Sequence[ManifestEntry], plans: Sequence[ShardPlan],
-                    records: dict[str, dict], failed_tasks: dict[str, str], options: dict,
-                    shard_size: int) -> dict[str, Any]:
+                    records: dict[str, dict], options: dict, shard_size: int) -> dict[str, Any]:
     """manifest.json: deterministic (no times, no paths but the source's), so two runs
     over the same inputs write the same bytes."""
     shards, errors = [], []
     by_id = {e.id: e for e in entries}
     for plan in plans:
-        if plan.name in failed_tasks:
-            errors += [{"id": e.id, "path": e.path, "reason": failed_tasks[plan.name]} for e in plan.entries]
-            continue
         record = records[plan.name]
         errors += record["errors"]
         if record["ids"]:
@@ -388,10 +368,11 @@ def summary_table(result: JobResult) -> str:
     rows = [
         ("videos", f"{totals['videos']} ({totals['samples']} stored, {totals['failed']} failed)"),
         ("frames", f"{totals['frames']}"),
-        ("shards", f"{totals['shards']} ({result.built} built, {result.kept} kept from an earlier run)"),
+        ("shards", f"{totals['shards']} ({result.built} built, {result.kept} kept from an earlier run)"
+                   + (f"; {result.unwritten} planned not written, all their videos failed" if result.unwritten else "")),
         ("bytes", f"{totals['bytes'] / mib:.1f} MiB, {totals['bytes'] / samples / mib:.2f} MiB per video "
                   f"(source {totals['source_bytes'] / samples / mib:.2f} MiB per video)"),
-        ("time", f"{result.seconds:.1f} s (Ray start and stop {result.ray_seconds:.1f} s), "
+        ("time", f"{result.seconds:.1f} s (Ray start, worker check and stop {result.ray_seconds:.1f} s), "
                  f"{result.built_videos / max(result.seconds - result.ray_seconds, 1e-9):.2f} videos/s built"),
         ("failures", f"{totals['failed']}" + (" (see manifest.json 'errors')" if totals["failed"] else "")),
         ("verified", "OK" if result.report.ok else f"{len(result.report.problems)} problem(s)"),

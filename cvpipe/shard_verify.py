@@ -29,7 +29,7 @@ class VerifyReport:
     directory: str
     shards: int = 0
     samples: int = 0
-    errors: int = 0                  # videos in manifest.json's errors list
+    failed: list[dict[str, str]] = field(default_factory=list)   # manifest.json's errors list
     bytes: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -39,8 +39,16 @@ class VerifyReport:
 
     def summary(self) -> str:
         state = "OK" if self.ok else f"{len(self.problems)} problem(s)"
-        return (f"{self.directory}: {state}: {self.shards} shards, {self.samples} samples, "
-                f"{self.errors} failed videos, {self.bytes / 2**20:.1f} MiB")
+        return (f"{self.directory}: {state}: {self.shards} shards, {self.samples} samples stored, "
+                f"{len(self.failed)} failed videos, {self.bytes / 2**20:.1f} MiB")
+
+
+def failure_lines(failed: Sequence[dict[str, str]], directory: str | os.PathLike, limit: int = 20) -> list[str]:
+    """Up to `limit` lines naming a failed video, its file and why; then how many more."""
+    lines = [f"  failed: {e['id']} ({e['path']}): {e['reason']}" for e in failed[:limit]]
+    if len(failed) > limit:
+        lines.append(f"  ... and {len(failed) - limit} more in {Path(directory) / MANIFEST_NAME}")
+    return lines
 
 
 class _HashingReader:
@@ -197,7 +205,7 @@ def verify(directory: str | os.PathLike, entries: Sequence[ManifestEntry] | None
         _verify_shard(directory, shard, deep, report)
         placed.update(shard["ids"])
     failed = Counter(e["id"] for e in output["errors"])
-    report.errors = len(output["errors"])
+    report.failed = list(output["errors"])
     for vid, n in (placed + failed).items():
         if n > 1:
             report.problems.append(f"video {vid!r} is listed {n} times across shards and errors")
@@ -207,6 +215,9 @@ def verify(directory: str | os.PathLike, entries: Sequence[ManifestEntry] | None
             report.problems.append(f"video {vid!r} of the source manifest is in no shard and not in the errors list")
         for vid in sorted((set(placed) | set(failed)) - wanted):
             report.problems.append(f"video {vid!r} is not in the source manifest")
+    if not output["shards"]:
+        report.problems.append(f"no shard holds a sample: none of the {len(failed)} videos could be stored"
+                               if failed else "no shard holds a sample: the source manifest lists no video")
     listed = {shard["name"] for shard in output["shards"]}
     for stray in sorted(p.name for p in directory.glob("*.tar") if p.name not in listed):
         report.problems.append(f"{stray}: a tar that manifest.json does not list")

@@ -7,7 +7,8 @@ byte-reproducible: members in a fixed order (cvpipe.shard_schema), fixed mtime, 
 and mode, and no pax timestamps, so the same videos and options give the same bytes.
 
 A video that cannot be read or extracted is recorded as an error and left out; the
-others go on. A shard whose every video failed is not written at all.
+others go on. A shard whose every video failed is not written at all. An error of the
+environment (ENVIRONMENT_ERRORS) is no video's fault: it ends the shard, recording nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ TAR_MTIME = 946684800
 # GOPs extracted per call: bounds memory (int16 arrays of a few GOPs, not of a whole
 # long video) without decoding anything twice, since every call starts at a GOP.
 GOPS_PER_CALL = 4
+# Failures of the worker's environment, not of a video (cvpipe's extension or a library
+# that does not import): they fail the whole task, and are never recorded as a bad video.
+ENVIRONMENT_ERRORS = (ImportError,)
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,8 @@ def _add_sample(tar: tarfile.TarFile, entry: ManifestEntry, options: ShardOption
         header, members = sample_members(entry, options, timings)
         members = list(members)
         source_bytes = os.path.getsize(entry.path)
+    except ENVIRONMENT_ERRORS:
+        raise
     except Exception as e:  # noqa: BLE001 - any failure of one video is recorded, and the shard goes on
         result.errors.append({"id": entry.id, "path": str(entry.path), "reason": f"{type(e).__name__}: {e}"})
         result.timings.add(timings)

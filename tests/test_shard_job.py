@@ -24,6 +24,7 @@ import cvpipe
 from cvpipe import coviar
 from cvpipe import shard_schema as ss
 from cvpipe.cli import main as cli
+from cvpipe.shard_cluster import EnvironmentProblem
 from cvpipe.shard_job import FAULT_KILL_ENV, FAULT_STALL_ENV, RECORDS_DIR, run_job
 from cvpipe.shard_verify import verify
 from cvpipe.shard_writer import ShardOptions
@@ -175,7 +176,30 @@ def test_a_killed_worker_is_retried_and_the_output_is_unchanged(clean_run, shard
     assert "11 (8 stored, 3 failed)" in printed and "verified  OK" in printed
 
 
-def test_resume_keeps_finished_shards_and_rebuilds_the_rest(clean_run, shard_dataset, tmp_path):
+# Shards whose every video was stored: the ones a run again keeps.
+COMPLETE = ["train-000001", "train-000002", "val-000000", "test-000000"]
+
+
+def test_a_run_again_keeps_complete_shards_and_retries_every_failed_video(clean_run, shard_dataset, tmp_path,
+                                                                          capsys):
+    clean, _ = clean_run
+    out = Path(shutil.copytree(clean, tmp_path / "again"))
+    mtimes = {name: (out / f"{name}.tar").stat().st_mtime_ns for name in COMPLETE}
+    assert cli(["shard", "--manifest", str(shard_dataset.manifest), "--out", str(out),
+                "--shard-size", str(SHARD_SIZE), "--no-progress"]) == 1
+    printed = capsys.readouterr()
+    # train-000000 (bframes failed, gop10 stored) is rebuilt; test-000001 (both failed) is
+    # tried again and still not written; the summary's shard counts add up.
+    assert "shards    5 (1 built, 4 kept from an earlier run); 1 planned not written" in printed.out, printed.out
+    assert "videos    11 (8 stored, 3 failed)" in printed.out
+    for bad in shard_dataset.bad:
+        assert f"failed: {bad} (" in printed.err
+    assert {name: (out / f"{name}.tar").stat().st_mtime_ns for name in COMPLETE} == mtimes
+    assert (out / "train-000000.tar").stat().st_mtime_ns != (clean / "train-000000.tar").stat().st_mtime_ns
+    assert _snapshot(out) == _snapshot(clean)
+
+
+def test_resume_rebuilds_what_is_missing_changed_or_unfinished(clean_run, shard_dataset, tmp_path):
     clean, _ = clean_run
     out = Path(shutil.copytree(clean, tmp_path / "resumed"))
     (out / "train-000001.tar").unlink()                   # a shard that never landed
@@ -184,7 +208,6 @@ def test_resume_keeps_finished_shards_and_rebuilds_the_rest(clean_run, shard_dat
     damaged.write_bytes(damaged.read_bytes()[:-1] + b"!")
     (out / "train-000002.tar.tmp-0123abcd").write_bytes(b"half a shard")    # a dead attempt
     shutil.copy(out / "train-000000.tar", out / "train-000007.tar")          # not in this plan
-    kept_mtime = (out / "train-000000.tar").stat().st_mtime_ns
     source = Path(next(e.path for e in shard_dataset.entries if e.id == "pan_b"))   # train-000002's video
     source_times = source.stat()
     os.utime(source, ns=(source_times.st_atime_ns, source_times.st_mtime_ns + 10**9))   # "re-encoded"
@@ -193,8 +216,8 @@ def test_resume_keeps_finished_shards_and_rebuilds_the_rest(clean_run, shard_dat
     finally:
         os.utime(source, ns=(source_times.st_atime_ns, source_times.st_mtime_ns))
     assert result.ok, result.report.problems
-    assert (result.kept, result.built) == (2, 4)   # train-000000 and the empty test-000001
-    assert (out / "train-000000.tar").stat().st_mtime_ns == kept_mtime
+    # Each complete shard was damaged one way; the other two had failed videos.
+    assert (result.kept, result.built, result.unwritten) == (0, 5, 1)
     assert sorted(result.removed) == ["train-000002.tar.tmp-0123abcd", "train-000007.tar"]
     assert _snapshot(out) == _snapshot(clean)
     assert not list(out.rglob("*.tmp-*"))
@@ -207,7 +230,7 @@ def test_other_options_rebuild_every_shard(clean_run, shard_dataset, tmp_path):
         ss.IFRAME: ss.Encoding("jpeg", quality=90)})
     result = run_job(shard_dataset.manifest, out, options, shard_size=SHARD_SIZE, progress=False)
     assert result.ok, result.report.problems
-    assert (result.kept, result.built) == (0, len(PLANNED))
+    assert (result.kept, result.built, result.unwritten) == (0, len(PLANNED) - 1, 1)
     assert result.manifest["options"]["positions"] == "every2"
     assert result.manifest["totals"]["bytes"] < json.loads((clean / "manifest.json").read_text())["totals"]["bytes"]
     sample = _samples(out)["gop10"]
@@ -217,6 +240,21 @@ def test_other_options_rebuild_every_shard(clean_run, shard_dataset, tmp_path):
     assert frame.shape == (64, 64, 3)
     assert np.abs(frame.astype(int) - coviar.load(header.source, 1, 0, coviar.IFRAME, False)).mean() < 8
     assert verify(out, deep=True).ok
+
+
+def test_workers_with_another_cvpipe_stop_the_job_before_anything_is_written(ray_cluster, shard_dataset, tmp_path,
+                                                                            monkeypatch):
+    """The workers (this session's cluster) import this checkout; the driver claims another
+    version, as a driver installed apart from its cluster's workers would."""
+    installed = cvpipe.__version__
+    monkeypatch.setattr(cvpipe, "__version__", "0.0.0+other")
+    out = tmp_path / "shards"
+    with pytest.raises(EnvironmentProblem) as raised:
+        run_job(shard_dataset.manifest, out, shard_size=SHARD_SIZE, progress=False)
+    message = str(raised.value)
+    assert "the Ray workers cannot run this job" in message
+    assert f"the workers import cvpipe {installed}" in message and "the driver cvpipe 0.0.0+other" in message
+    assert not out.exists()
 
 
 def test_an_interrupted_driver_resumes_to_the_same_output(clean_run, shard_dataset, tmp_path):
@@ -247,6 +285,7 @@ def test_an_interrupted_driver_resumes_to_the_same_output(clean_run, shard_datas
 
     result = run_job(shard_dataset.manifest, out, shard_size=SHARD_SIZE, progress=False)
     assert result.ok, result.report.problems
-    assert (result.kept, result.built) == (len(PLANNED) - 1, 1)
+    # val-000000 (stalled) and the two shards with failed videos; the other three are kept.
+    assert (result.kept, result.built, result.unwritten) == (3, 2, 1)
     assert _snapshot(out) == _snapshot(clean)
     assert not list(out.rglob("*.tmp-*"))

@@ -37,6 +37,11 @@ from trainer.config import Config
 SPLITS = ("val", "test")
 
 
+class DataError(ValueError):
+    """Data a command cannot run on (no samples, an empty split); the message names the
+    folder and what is missing."""
+
+
 class Batch(TypedDict):
     input: Tensor  # (B, S, C, H, W) float32
     label: Tensor  # (B,) int64
@@ -69,6 +74,13 @@ def steps_per_epoch(train_videos: int, cfg: Config) -> int:
     """Steps in one epoch: one pass over the training videos' count at the global batch
     size (at least one). Every rank computes it from the same count, so all agree."""
     return max(1, train_videos // cfg.optim.batch_size)
+
+
+def require_split(data: DataModule, split: str, cfg: Config) -> None:
+    """Raises DataError when `split` holds no video, before a run spends time on the others."""
+    if data.split_size(split) == 0:
+        raise DataError(f"{cfg.data.root}: the {split} split holds no video (manifest.json lists none stored; "
+                        "its errors list says why, and `cvpipe verify` shows it)")
 
 
 def open_data(cfg: Config, *, rank: int, world_size: int) -> DataModule:

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 
 from trainer import distributed
-from trainer.batches import SPLITS
+from trainer.batches import SPLITS, DataError
 from trainer.config import ConfigError, load_config
 from trainer.metrics import DEFAULT_FUSION_WEIGHTS, FUSION_SPACES
 from trainer.models import MODALITIES
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, FileExistsError) as e:
+    except (ConfigError, DataError, FileNotFoundError, FileExistsError) as e:
         parser.exit(2, f"cvtrain: error: {e}\n")
 
 

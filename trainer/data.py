@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tar_file_iterator
 
 from cvpipe import shard_schema as schema
-from trainer.batches import Batch, per_rank_batch, steps_per_epoch
+from trainer.batches import Batch, DataError, per_rank_batch, steps_per_epoch
 from trainer.config import Config
 from trainer.transforms import CROP_SCALES, draw_crop, test_views, train_view
 
@@ -68,7 +68,8 @@ def read_manifest(root: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"no shards at '{root}': {path} is missing (run `cvpipe shard` first)") from None
+        raise FileNotFoundError(f"no shards at '{root}': {path} is missing (run `cvpipe shard` first; "
+                                "a run that has not finished writes none)") from None
     if manifest.get("schema_version") != schema.SCHEMA_VERSION:
         raise ValueError(f"{path}: shard schema version {manifest.get('schema_version')!r}; "
                          f"this trainer reads version {schema.SCHEMA_VERSION}")
@@ -317,13 +318,17 @@ class ShardData:
         self.rank, self.world_size = rank, world_size
         self.manifest = read_manifest(self.root)
         classes = self.manifest["classes"]
+        if not classes:
+            failed = len(self.manifest.get("errors", ()))
+            raise DataError(f"{self.root}: the shards hold no sample ({failed} videos failed; see manifest.json's "
+                            "errors or `cvpipe verify`)")
         self.num_classes = max(c["label"] for c in classes) + 1
         names = {c["label"]: c.get("name", str(c["label"])) for c in classes}
         self.class_names = [names.get(i, str(i)) for i in range(self.num_classes)]
         self.batch_size = per_rank_batch(cfg, world_size)
         self.steps_per_epoch = steps_per_epoch(self.split_size("train"), cfg)
         if not self._shards("train"):
-            raise ValueError(f"{self.root}: no training shards in manifest.json")
+            raise DataError(f"{self.root}: manifest.json lists no training shard")
 
     def split_size(self, split: str) -> int:
         return int(self.manifest["splits"][split]["samples"])

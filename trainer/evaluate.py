@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from trainer import checkpoint, distributed
-from trainer.batches import Batch, open_data
+from trainer.batches import Batch, open_data, require_split
 from trainer.config import load_config
 from trainer.distributed import Dist
 from trainer.metrics import (
@@ -202,6 +202,7 @@ def evaluate_runs(
         model.load_state_dict(state["model"])
         model.to(dist.device)
         data = open_data(cfg, rank=dist.rank, world_size=dist.world_size)
+        require_split(data, split, cfg)
         ev = evaluate_model(model, data.eval_batches(split), data.num_classes, dist=dist,
                             expected=data.split_size(split), amp=cfg.run.amp and dist.device.type == "cuda",
                             gather=True, desc=f"{modality} {split}", show=show)

@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from trainer import checkpoint, distributed
-from trainer.batches import Batch, DataModule, open_data
+from trainer.batches import Batch, DataModule, open_data, require_split
 from trainer.config import Config, save_config
 from trainer.distributed import Dist
 from trainer.evaluate import evaluate_model
@@ -275,6 +275,8 @@ def train(cfg: Config, task: Task, data: DataModule, dist: Dist) -> list[dict]:
     """The training loop: runs `task` for cfg.optim.epochs epochs (resuming from
     cfg.run_dir/last.pt when it exists); returns the per-epoch metrics. Seed the run
     before building the task, so its initial weights are the seed's."""
+    for split in ("train", "val"):  # training and model selection
+        require_split(data, split, cfg)
     run_dir = cfg.run_dir
     model = task.model
     # Adam as trainer.optim builds it; its weight_decay is CoViAR's L2 term, per group.
@@ -338,8 +340,8 @@ def train(cfg: Config, task: Task, data: DataModule, dist: Dist) -> list[dict]:
         if dist.is_main:
             with open(run_dir / METRICS, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            if cfg.run.progress:
-                tqdm.write(_epoch_line(record, epochs, task.exits))
+            # A line per epoch even without progress bars: a log shows the run advancing.
+            tqdm.write(_epoch_line(record, epochs, task.exits))
 
     if dist.is_main:
         tqdm.write(f"{cfg.model.modality}: {epochs - start} epochs in {time.perf_counter() - began:.1f} s; "

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.batches import open_data
+from trainer.batches import open_data, require_split
 from trainer.config import Config, load_config
 from trainer.distributed import Dist
 from trainer.evaluate import find_runs
@@ -99,6 +99,7 @@ def dump_logits(
             for segments in counts:
                 scfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_segments=segments))
                 data = open_data(scfg, rank=dist.rank, world_size=dist.world_size)
+                require_split(data, split, cfg)
                 if data.num_classes != model.net.num_classes:
                     raise ValueError(f"{members[0][0]}: the {modality} network has {model.net.num_classes} "
                                      f"classes, the data at {cfg.data.root} have {data.num_classes}")

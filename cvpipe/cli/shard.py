@@ -3,9 +3,11 @@ WebDataset shards with Ray, resuming what an earlier run left in DIR.
 
 Ray: by default an embedded local cluster with --workers CPUs; `--ray-address auto` (or
 an address, or RAY_ADDRESS, as `ray job submit` sets it) joins an existing cluster. Exit
-status: 0 when every video is stored or recorded as failed and the output verifies (a
-failed video alone is not an error: see manifest.json's errors), 1 when verification
-fails, 2 for bad arguments, 130 when interrupted (run again to resume).
+status: 0 when every video is stored and the output verifies; 1 when a video failed
+(listed, and in manifest.json's errors; a run again retries it) or the verification
+fails; 2 for bad arguments, or workers that cannot run the job (another cvpipe, no
+compiled extension: nothing is recorded, fix it and run again); 130 when interrupted
+(run again to resume).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import argparse
 import os
 import sys
 
+from cvpipe.shard_cluster import EnvironmentProblem
 from cvpipe.shard_job import DEFAULT_SHARD_SIZE, run_job, summary_table
 from cvpipe.shard_schema import DEFAULT_ENCODINGS, IFRAME, JPEG_QUALITY, MV, RESIDUAL, Encoding
+from cvpipe.shard_verify import failure_lines
 from cvpipe.shard_writer import ShardOptions
 
 _PNG_LEVEL = DEFAULT_ENCODINGS[IFRAME].level
@@ -61,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         options = options_from_args(args)
         result = run_job(args.manifest, args.out, options, shard_size=args.shard_size, workers=args.workers,
                          ray_address=args.ray_address, progress=not args.no_progress)
-    except (ValueError, OSError) as e:  # a bad manifest or option, an unreachable cluster
+    except (ValueError, OSError, EnvironmentProblem) as e:  # a bad manifest or option, a cluster that cannot run it
         print(f"cvpipe shard: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -75,9 +79,7 @@ def run(args: argparse.Namespace) -> int:
     for problem in result.report.problems:
         print(f"  problem: {problem}", file=sys.stderr)
     failed = result.manifest["errors"]
-    for error in failed[:20]:
-        print(f"  failed: {error['id']} ({error['path']}): {error['reason']}", file=sys.stderr)
-    if len(failed) > 20:
-        print(f"  ... and {len(failed) - 20} more in {args.out}/manifest.json", file=sys.stderr)
+    for line in failure_lines(failed, args.out):
+        print(line, file=sys.stderr)
     # Like `cvpipe encode`: the job goes past bad videos, and its status says there were some.
     return 0 if result.ok and not failed else 1

@@ -2,7 +2,8 @@
 
 Every shard's size and SHA-256 against manifest.json, every tar read through (samples,
 keys, each sample's header and members), and every entry of the source manifest in
-exactly one shard or in the errors list. Exit status 1 if anything is wrong.
+exactly one shard or in the errors list; the failed videos are listed. Exit status 1 if
+anything is wrong, or if no shard holds a sample.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import sys
 
 from cvpipe.manifest import read_manifest
-from cvpipe.shard_verify import verify
+from cvpipe.shard_verify import failure_lines, verify
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,4 +35,6 @@ def run(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(f"  problem: {problem}")
     print(report.summary())
+    for line in failure_lines(report.failed, args.directory):
+        print(line)
     return 0 if report.ok else 1
