@@ -152,7 +152,7 @@ def encode_many(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     todo = [i for i, r in enumerate(results) if r is None]
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool, \
             tqdm(total=len(paths), initial=len(paths) - len(todo), unit="video", desc="encode",
-                 disable=not progress) as bar:
+                 disable=None if progress else True) as bar:
         futures = {pool.submit(_encode_one, paths[i], outputs[i], options, binary, force, runner): i for i in todo}
         try:
             for future in concurrent.futures.as_completed(futures):

@@ -288,7 +288,7 @@ def _run_tasks(todo: list[ShardPlan], out: Path, options_json: dict, records: di
     pending = {task.remote(p, str(out.resolve()), options_json, _fault_for(p.name)): p for p in todo}
     failures = sum(len(r["errors"]) for r in records.values())
     failed_tasks = []
-    with tqdm(total=total, initial=initial, unit="video", desc="shard", disable=not progress,
+    with tqdm(total=total, initial=initial, unit="video", desc="shard", disable=None if progress else True,
               dynamic_ncols=True) as bar:
         bar.set_postfix(failed=failures)
         while pending:

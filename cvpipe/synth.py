@@ -181,7 +181,7 @@ def generate(config: SynthConfig, out_dir: str | os.PathLike, *, jobs: int | Non
     # forked, so they do not inherit this process's threads.
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool, \
-            tqdm(total=len(tasks), unit="video", desc="synth", disable=not progress) as bar:
+            tqdm(total=len(tasks), unit="video", desc="synth", disable=None if progress else True) as bar:
         futures = {pool.submit(_render_and_encode, config, *task, str(paths[task]), binary): task for task in tasks}
         try:
             for future in concurrent.futures.as_completed(futures):

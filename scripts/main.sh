@@ -3,25 +3,52 @@
 # the dataset; look at what the extractor sees; shard it with a local Ray; train the
 # three CoViAR networks and evaluate them and their fusion; then the paper's pipeline
 # (internal classifiers with CE and PKD, WISE, early exit, report).
-# Outputs: data/ (videos, manifests, shards) and runs/main/ (pictures, runs, report).
+#
+#   bash scripts/main.sh           10 classes x 40 videos; writes data/ and runs/main/
+#   bash scripts/main.sh --quick   every step, the same code, on a slice: 4 classes x 12
+#                                  videos, 2 epochs per network, 3 IC epochs, one IC seed;
+#                                  writes data/quick/ and runs/quick/ (CI runs this)
+#
 # Safe to run again: finished steps are kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+case "${1:-}" in
+  "") quick=0 ;;
+  --quick) quick=1 ;;
+  *) sed -n '2,12p' "$0" >&2; exit 2 ;;
+esac
+if [ "$quick" = 1 ]; then
+  data=data/quick
+  out=runs/quick
+  synth_options=(--classes 4 --videos-per-class 12)
+  fit_options=(--set optim.epochs=2 --set "optim.lr_steps=[1]")
+  export SEEDS=0 IC_SETS="optim.epochs=3 optim.lr_steps=[2]"
+else
+  data=data
+  out=runs/main
+  synth_options=()
+  fit_options=()
+fi
+
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 export RAY_AUTH_MODE=disabled
-out=runs/main
 mkdir -p "$out"
+began=$SECONDS
+step() {
+  echo "== $*   [$((SECONDS - began)) s]"
+}
 
-echo "== 1. the synthetic action dataset (cvpipe synth --list-classes describes the classes)"
-[ -f data/synth/all.jsonl ] || cvpipe synth --out data/synth
+step "1. the synthetic action dataset (cvpipe synth --list-classes describes the classes)"
+[ -f "$data/synth/all.jsonl" ] || cvpipe synth --out "$data/synth" "${synth_options[@]}"
 
-echo "== 2. what the extractor sees in one video of each class"
-videos=$(python - <<'PY'
+step "2. what the extractor sees in one video of each class"
+videos=$(python - "$data/synth/test.jsonl" <<'PY'
+import sys
 from cvpipe.manifest import read_manifest
 first = {}
-for e in read_manifest("data/synth/test.jsonl"):
+for e in read_manifest(sys.argv[1]):
     first.setdefault(e.label, e.path)
 print(" ".join(first[k] for k in sorted(first)))
 PY
@@ -33,17 +60,18 @@ for v in $videos; do
 done
 echo "pictures: $out/show-*.png"
 
-echo "== 3. WebDataset shards of I-frames, accumulated MV and residuals (embedded Ray)"
-cvpipe shard --manifest data/synth/all.jsonl --out data/shards --no-progress
-cvpipe verify data/shards
+step "3. WebDataset shards of I-frames, accumulated MV and residuals (embedded Ray)"
+cvpipe shard --manifest "$data/synth/all.jsonl" --out "$data/shards" --no-progress
+cvpipe verify "$data/shards"
 
-echo "== 4. the three networks (CoViAR recipe, tiny config), evaluated with their fusion"
+step "4. the three networks (CoViAR recipe, tiny config), evaluated with their fusion"
 for modality in mv residual iframe; do
-  cvtrain fit --config tiny_synth --set data.root=data/shards --set model.modality=$modality \
-      --set "run.dir=$out/backbones/{modality}" --set run.progress=false
+  echo "-- $modality network"
+  cvtrain fit --config tiny_synth --set "data.root=$data/shards" --set model.modality=$modality \
+      --set "run.dir=$out/backbones/{modality}" --set run.progress=false "${fit_options[@]}"
 done
-cvtrain eval "$out/backbones" | tee "$out/backbones.txt"
+cvtrain eval "$out/backbones" --set run.progress=false | tee "$out/backbones.txt"
 
-echo "== 5. internal classifiers (CE, PKD), WISE, early exit and cost: the paper's pipeline"
-bash scripts/paper_pipeline.sh data/shards "$out/backbones"
-echo "main job done: $out/"
+step "5. internal classifiers (CE, PKD), WISE, early exit and cost: the paper's pipeline"
+bash scripts/paper_pipeline.sh "$data/shards" "$out/backbones"
+step "main job done: $out/"

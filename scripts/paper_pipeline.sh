@@ -11,6 +11,7 @@
 #   SEEDS="0 1 2"     IC-training seeds
 #   CONFIG=tiny_synth IC configs CONFIG_ic_ce and CONFIG_ic_pkd (bundled name or path prefix)
 #   ABLATIONS=1       also PKD's anti-curriculum order and a single I-frame teacher
+#   IC_SETS="K=V ..." config overrides for every IC run (e.g. "optim.epochs=3 optim.lr_steps=[2]")
 #   OMP_NUM_THREADS   torch's threads per process (default 1: one core computes while the data
 #                     loader's worker decodes on the other; with more threads than free cores,
 #                     their spin-waits made every step ~10x slower on 2 cores, measured)
@@ -18,7 +19,7 @@
 set -euo pipefail
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 if [ $# -ne 2 ]; then
-  sed -n '2,15p' "$0" >&2
+  sed -n '2,18p' "$0" >&2
   exit 2
 fi
 shards=$1
@@ -37,6 +38,11 @@ if [ "${ABLATIONS:-0}" = 1 ]; then
   methods+=("pkd_anti|${config}_ic_pkd|--teachers self,residual,mv" "pkd_iframe|${config}_ic_pkd|--teachers iframe --teacher-epochs=")
 fi
 
+ic_sets=()
+for kv in ${IC_SETS:-}; do
+  ic_sets+=(--set "$kv")
+done
+
 began=$(date +%s)
 dirs=()
 for seed in $seeds; do
@@ -49,7 +55,7 @@ for seed in $seeds; do
       # shellcheck disable=SC2086  # $extra is a list of options
       cvtrain ic --config "$cfg" $extra --set model.modality=$m --set run.seed="$seed" \
         --set "run.dir=$dir/{modality}" --set "data.root=$shards" --set "ic.backbones=$runs/{modality}/best.pt" \
-        --set run.progress=false
+        --set run.progress=false "${ic_sets[@]}"
     done
   done
 done

@@ -84,7 +84,7 @@ def evaluate_model(
     counts = Counts.zeros(num_classes, dist.device)
     ids: list[str] = []
     labels, logits, clip_logits = [], [], []
-    for batch in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not (show and dist.is_main)):
+    for batch in tqdm(batches, desc=desc, unit="batch", leave=False, disable=None if show and dist.is_main else True):
         x = batch["input"].to(dist.device, non_blocking=True)
         y = batch["label"].to(dist.device, non_blocking=True)
         with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=amp):

@@ -59,7 +59,7 @@ class EpochMeter:
         self.exits = tuple(exits)
         # loss * n, n, skipped, then hits per exit
         self.sums = torch.zeros(3 + len(self.exits), dtype=torch.float64, device=dist.device)
-        self.bar = tqdm(total=steps, desc=desc, unit="step", leave=False, disable=not (show and dist.is_main))
+        self.bar = tqdm(total=steps, desc=desc, unit="step", leave=False, disable=None if show and dist.is_main else True)
         self.start = time.perf_counter()
 
     def wrap(self, batches: Iterable[Batch]) -> Iterator[Batch]:

@@ -133,9 +133,10 @@ def load_logits(method_dir: str | Path, modality: str, split: str, segments: int
 
 
 def format_summary(summary: dict[str, dict]) -> str:
-    lines = [f"{'test top-1':40} " + " ".join(f"{e:>7}" for e in EXITS)]
-    for method_dir, per_modality in summary.items():
-        for modality, top1 in per_modality.items():
-            lines.append(f"{method_dir + ' ' + modality:40} " + " ".join(f"{top1[e]:7.2%}" for e in EXITS))
+    rows = [(f"{method_dir} {modality}", top1) for method_dir, per_modality in summary.items()
+            for modality, top1 in per_modality.items()]
+    width = max([len("test top-1"), *(len(name) for name, _ in rows)])
+    lines = [f"{'test top-1':{width}} " + " ".join(f"{e:>7}" for e in EXITS)]
+    lines += [f"{name:{width}} " + " ".join(f"{top1[e]:7.2%}" for e in EXITS) for name, top1 in rows]
     return "\n".join(lines)
 
