@@ -23,6 +23,7 @@ Fault injection for tests, by shard name (without .tar), read by the driver:
 - CVPIPE_FAULT_KILL_ONCE=NAME: the task of that shard SIGKILLs its own worker process
   after its first sample, on the first attempt only (a marker file in the output
   directory, `.fault-killed-NAME`, remembers the attempt; the next run removes it);
+- CVPIPE_FAULT_KILL_ALWAYS=NAME: the same on every attempt, so Ray's retries run out;
 - CVPIPE_FAULT_STALL=NAME: the task of that shard stops after its first sample and waits
   until it is killed, so a test can interrupt the driver at a known point.
 """
@@ -50,7 +51,9 @@ from cvpipe.shard_writer import ShardOptions, Timings, write_json_atomic, write_
 
 RECORDS_DIR = "records"
 FAULT_KILL_ENV = "CVPIPE_FAULT_KILL_ONCE"
+FAULT_KILL_ALWAYS_ENV = "CVPIPE_FAULT_KILL_ALWAYS"
 FAULT_STALL_ENV = "CVPIPE_FAULT_STALL"
+_FAULTS = {FAULT_KILL_ENV: "kill", FAULT_KILL_ALWAYS_ENV: "kill-always", FAULT_STALL_ENV: "stall"}
 DEFAULT_SHARD_SIZE = 32
 MAX_RETRIES = 3
 _SHARD_FILE = re.compile(rf"(?:{'|'.join(SPLITS)})-\d{{6}}\.tar")
@@ -113,7 +116,7 @@ def plan_shards(entries: Sequence[ManifestEntry], shard_size: int) -> list[Shard
 
 def build_shard(plan: ShardPlan, out_dir: str, options: dict[str, Any], fault: str | None = None) -> dict[str, Any]:
     """Writes one shard and its record; returns the record. Runs in a Ray worker.
-    `fault`: None, or "kill" or "stall" (see the module's fault injection)."""
+    `fault`: None, "kill", "kill-always" or "stall" (see the module's fault injection)."""
     started = time.perf_counter()
     out = Path(out_dir)
     planned = plan.fingerprint()
@@ -133,7 +136,7 @@ def build_shard(plan: ShardPlan, out_dir: str, options: dict[str, Any], fault: s
 
 def _fault_hook(out: Path, name: str, fault: str | None) -> Callable[[int], None] | None:
     marker = out / f".fault-killed-{name}"
-    if fault == "kill" and not marker.exists():
+    if fault == "kill-always" or (fault == "kill" and not marker.exists()):
         def kill(samples_written: int) -> None:
             marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
@@ -149,9 +152,7 @@ def _fault_hook(out: Path, name: str, fault: str | None) -> Callable[[int], None
 
 
 def _fault_for(name: str) -> str | None:
-    if os.environ.get(FAULT_KILL_ENV) == name:
-        return "kill"
-    return "stall" if os.environ.get(FAULT_STALL_ENV) == name else None
+    return next((fault for env, fault in _FAULTS.items() if os.environ.get(env) == name), None)
 
 
 # --- Resume ---------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from cvpipe import coviar
 from cvpipe import shard_schema as ss
 from cvpipe.cli import main as cli
 from cvpipe.shard_cluster import EnvironmentProblem
-from cvpipe.shard_job import FAULT_KILL_ENV, FAULT_STALL_ENV, RECORDS_DIR, run_job
+from cvpipe.shard_job import FAULT_KILL_ALWAYS_ENV, FAULT_KILL_ENV, FAULT_STALL_ENV, RECORDS_DIR, run_job
 from cvpipe.shard_verify import verify
 from cvpipe.shard_writer import ShardOptions
 
@@ -196,6 +196,28 @@ def test_a_run_again_keeps_complete_shards_and_retries_every_failed_video(clean_
         assert f"failed: {bad} (" in printed.err
     assert {name: (out / f"{name}.tar").stat().st_mtime_ns for name in COMPLETE} == mtimes
     assert (out / "train-000000.tar").stat().st_mtime_ns != (clean / "train-000000.tar").stat().st_mtime_ns
+    assert _snapshot(out) == _snapshot(clean)
+
+
+def test_a_worker_that_always_dies_is_the_environment_not_a_bad_video(clean_run, shard_dataset, tmp_path,
+                                                                       monkeypatch, capsys):
+    """The task of train-000001 kills its worker on every attempt: past Ray's retries the
+    job names that task and exits 2, records none of its videos as failed and writes no
+    manifest.json; the other shards land, and a run again builds only the missing one."""
+    clean, _ = clean_run
+    out = tmp_path / "dying"
+    monkeypatch.setenv(FAULT_KILL_ALWAYS_ENV, "train-000001")
+    args = ["shard", "--manifest", str(shard_dataset.manifest), "--out", str(out), "--shard-size", str(SHARD_SIZE),
+            "--no-progress"]
+    assert cli(args) == 2
+    error = capsys.readouterr().err
+    assert "1 of 6 shard tasks failed for reasons that are not a video's" in error, error
+    assert "train-000001 (2 videos): " in error and "failed:" not in error
+    assert not (out / "manifest.json").exists() and not (out / "train-000001.tar").exists()
+    assert not (out / RECORDS_DIR / "train-000001.json").exists()
+    monkeypatch.delenv(FAULT_KILL_ALWAYS_ENV)
+    result = run_job(shard_dataset.manifest, out, shard_size=SHARD_SIZE, progress=False)
+    assert (result.kept, result.built, result.unwritten) == (3, 2, 1)   # train-000001 and train-000000 with a failure
     assert _snapshot(out) == _snapshot(clean)
 
 
