@@ -31,7 +31,7 @@ else
   fit_options=()
 fi
 
-bash scripts/setup.sh
+bash scripts/setup.sh train   # the trainer's extra: torch and webdataset
 export PATH="$PWD/.venv/bin:$PATH"
 export RAY_AUTH_MODE=disabled
 mkdir -p "$out"
