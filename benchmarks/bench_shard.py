@@ -6,7 +6,7 @@
 1. Member encodings: size, encode and decode time per member, for the I-frame, the
    quantised accumulated MV and the quantised accumulated residual of every GOP and P
    position in the first 48 frames of one synthetic 340x256 video (`cvpipe synth`) and of
-   one real clip (vtest.avi re-encoded as CoViAR does, benchmarks/clips.py). The defaults of cvpipe.shard_schema
+   one real clip (vtest.avi re-encoded as CoViAR does, benchmarks/clips.py). The defaults of cvpipe.shards.schema
    were picked from this table.
 2. `cvpipe shard` (run_job, default options) on the synthetic dataset at 340x256 with a
    fresh local Ray of 1 and then 2 workers: videos/s (Ray start-up excluded), the
@@ -31,16 +31,16 @@ import zlib
 from pathlib import Path
 from typing import Callable
 
+import clips
 import numpy as np
 import zstandard
 
-import clips
 import cvpipe
-from cvpipe import shard_schema as ss
-from cvpipe.manifest import read_manifest, write_manifest
-from cvpipe.shard_job import run_job
-from cvpipe.shard_writer import ShardOptions
-from cvpipe.synth import SynthConfig, generate
+from cvpipe.datasets.manifest import read_manifest, write_manifest
+from cvpipe.datasets.synth import SynthConfig, generate
+from cvpipe.shards import schema as ss
+from cvpipe.shards.job import run_job
+from cvpipe.shards.writer import ShardOptions
 
 Codec = tuple[Callable[[np.ndarray], bytes], Callable[[bytes], np.ndarray]]
 

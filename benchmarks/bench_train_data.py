@@ -22,8 +22,8 @@ thread in this process, as one data-loader worker does (torch gives each worker 
    cache). Ratio shards / raw against the 5x target, and against CoViAR's own published
    loader (35-50 ms per sample, REFERENCE.md s.2, without augmentation: our measured
    augmentation time is added to it).
-3. Where each path's time goes, timing the functions of trainer/data.py and
-   trainer/transforms.py one by one on the same videos with the same random draws (which
+3. Where each path's time goes, timing the functions of trainer/data/shard_reader.py and
+   trainer/data/transforms.py one by one on the same videos with the same random draws (which
    also checks that both paths build identical tensors), and inside train_view.
 4. One training step of the tiny config per modality on CPU: ModalityNet as tiny_synth
    builds it, batch 16 x 3 segments at 112, forward + backward + Adam, 2 threads, median
@@ -48,20 +48,21 @@ from pathlib import Path
 # One thread means one: numpy's OpenBLAS otherwise starts a pool of threads that poll.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import clips  # noqa: E402 - sibling module of a script
 import numpy as np  # noqa: E402 - the thread setting must precede numpy's import
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import clips  # noqa: E402 - sibling module of a script
 import cvpipe  # noqa: E402
 from cvpipe import coviar  # noqa: E402
-from cvpipe import shard_schema as ss  # noqa: E402
-from cvpipe.manifest import ManifestEntry, read_manifest, write_manifest  # noqa: E402
+from cvpipe.datasets.manifest import ManifestEntry, read_manifest, write_manifest  # noqa: E402
+from cvpipe.shards import schema as ss  # noqa: E402
 from trainer.config import Config, load_config  # noqa: E402
-from trainer.data import KIND, Sampling, open_shards, pick, shard_samples  # noqa: E402
-from trainer.models import INPUT_CHANNELS, ModalityNet  # noqa: E402
-from trainer.optim import build_optimizer  # noqa: E402
-from trainer.transforms import CROP_SCALES, draw_crop, flip, normalise, resize, to_tensor, train_view  # noqa: E402
+from trainer.data.contract import INPUT_CHANNELS
+from trainer.data.shard_reader import KIND, Sampling, open_shards, pick, shard_samples  # noqa: E402
+from trainer.data.transforms import CROP_SCALES, draw_crop, flip, normalise, resize, to_tensor, train_view  # noqa: E402
+from trainer.models.networks import ModalityNet  # noqa: E402
+from trainer.train.optim import build_optimizer  # noqa: E402
 
 MODALITIES = ("iframe", "mv", "residual")
 SEGMENTS, SIZE, BATCH, GOP = 3, 224, 8, 12
@@ -260,7 +261,7 @@ def raw_rate(entries: list[ManifestEntry], passes: int, sampling: Sampling, cloc
 
 def shard_breakdown(root: Path, sampling: Sampling, passes: int,
                     clock: Clock) -> tuple[int, Stopwatch, dict[str, dict], dict]:
-    """Every training video `passes` times through trainer.data's steps, each timed; each
+    """Every training video `passes` times through trainer.data.shard_reader's steps, each timed; each
     video its own rng, seeded by its position in the run. Returns (videos, times, the
     first videos' tensors, byte counts)."""
     manifest = json.loads((root / "manifest.json").read_text())

@@ -73,7 +73,7 @@ def clip(name: str, workdir: Path = DEFAULT_WORKDIR) -> Path:
 def clip_entries(names: list[str], workdir: Path = DEFAULT_WORKDIR):
     """Manifest entries (train split, one class per clip) of the clips whose footage is
     installed; a missing one is named and left out."""
-    from cvpipe.manifest import ManifestEntry
+    from cvpipe.datasets.manifest import ManifestEntry
 
     entries = []
     for label, name in enumerate(names):

@@ -1,9 +1,15 @@
 """cvpipe: compressed-domain video action recognition, preprocessing side.
 
-The extractor's Python face lives in `cvpipe.video` (its names are re-exported here);
-CoViAR's loader API in `cvpipe.coviar`; the command line in `cvpipe.cli`.
+The package reads as the data flow:
+- the extractor's Python face: `cvpipe.video` (its names are re-exported here; the
+  compiled extension is loaded by `cvpipe.extension`), CoViAR's loader API in
+  `cvpipe.coviar`, pictures of what it sees in `cvpipe.show`;
+- `cvpipe.datasets`: videos in, re-encoded MPEG-4 Part 2 videos and manifests out;
+- `cvpipe.shards`: manifests in, WebDataset shards out (Ray);
+- `cvpipe.cli`: the `cvpipe` command, a module per subcommand.
+Imports run that way only: datasets never import shards.
 
-The re-exports load lazily, so that `import cvpipe.shard_schema` (all the trainer uses)
+The re-exports load lazily, so that `import cvpipe.shards.schema` (all the trainer uses)
 works on a machine without FFmpeg, where the compiled extension cannot load.
 """
 

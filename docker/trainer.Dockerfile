@@ -19,7 +19,7 @@ COPY trainer/ trainer/
 # the encoder out; the trainer's own needs follow (the base image brings torch).
 RUN pip install --no-deps --config-settings=wheel.cmake=false . \
  && pip install "webdataset==1.0.2" "numpy>=1.24" "Pillow>=10" "zstandard>=0.22" "tqdm>=4.60" "matplotlib>=3.7" \
- && python -c "import trainer.data, trainer.cli; print('cvtrain ready')"
+ && python -c "import trainer.data.shard_reader, trainer.cli; print('cvtrain ready')"
 
 WORKDIR /workspace
 CMD ["cvtrain", "--help"]

@@ -46,7 +46,7 @@ step "1. the synthetic action dataset (cvpipe synth --list-classes describes the
 step "2. what the extractor sees in one video of each class"
 videos=$(python - "$data/synth/test.jsonl" <<'PY'
 import sys
-from cvpipe.manifest import read_manifest
+from cvpipe.datasets.manifest import read_manifest
 first = {}
 for e in read_manifest(sys.argv[1]):
     first.setdefault(e.label, e.path)

@@ -8,7 +8,6 @@ from __future__ import annotations
 # with closed-form motion, re-encoded real footage, container remuxes, clips the
 # extractor must refuse) and PyAV's decode of a clip as the independent oracle.
 # ======================================================================================
-
 import functools
 import importlib.util
 import subprocess
@@ -287,7 +286,7 @@ def ray_cluster():
 
 @dataclass(frozen=True)
 class ShardDataset:
-    manifest: Path        # JSONL, cvpipe.manifest format
+    manifest: Path        # JSONL, cvpipe.datasets.manifest format
     entries: list         # its ManifestEntry list
     good: list[str]       # ids that must end in a shard
     bad: list[str]        # ids that must end in the errors list
@@ -300,7 +299,7 @@ def shard_dataset(tmp_path_factory: pytest.TempPathFactory) -> ShardDataset:
     a file of random bytes, a missing file and a clip with B-frames. The two bad test-split
     ids come last in the planner's fixed shuffle of the test split (their names are chosen
     for it), so the last test shard (shard size 2) has no good video at all."""
-    from cvpipe.manifest import ManifestEntry, write_manifest
+    from cvpipe.datasets.manifest import ManifestEntry, write_manifest
 
     d = tmp_path_factory.mktemp("shard_dataset")
     specs = [  # id, split, label, step, frames, gop

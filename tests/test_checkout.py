@@ -117,7 +117,7 @@ def _bare_import(copy: Path, code: str) -> subprocess.CompletedProcess:
 
 def test_a_checkout_without_the_extension_says_how_to_build_it(tmp_path, pan_clip):
     copy = _copy_package(tmp_path / "clone", checkout=True)
-    done = _bare_import(copy, f"import cvpipe.shard_schema; print('schema ok'); {_frames_code(pan_clip)}")
+    done = _bare_import(copy, f"import cvpipe.shards.schema; print('schema ok'); {_frames_code(pan_clip)}")
     assert "schema ok" in done.stdout   # the pure-Python parts need no extension
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]

@@ -1,4 +1,4 @@
-"""The trainer's shard reader (trainer.data) against shards made by the real Ray job.
+"""The trainer's shard reader (trainer.data.shard_reader) against shards made by the real Ray job.
 
 The reference for every tensor is independent of the reader: cvpipe.coviar.load on the
 source video, quantised and normalised here with numpy as CoViAR's data loader does.
@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from cvpipe import coviar
-from cvpipe import shard_schema as schema
+from cvpipe.shards import schema
 from trainer.config import load_config
-from trainer.data import open_shards, read_manifest
-from trainer.transforms import flip
+from trainer.data.shard_reader import open_shards, read_manifest
+from trainer.data.transforms import flip
 
 SIZE = 56  # the test view of a 64x64 video: shorter side 56 * 256 / 224 = 64 (no resize), centre crop 56
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -31,7 +31,7 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 @pytest.fixture(scope="module")
 def shards(ray_cluster, shard_dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cvpipe.shard_job import ShardOptions, run_job
+    from cvpipe.shards.job import ShardOptions, run_job
 
     out = tmp_path_factory.mktemp("reader") / "shards"
     result = run_job(shard_dataset.manifest, out, ShardOptions(), shard_size=2, progress=False)
@@ -216,5 +216,5 @@ def test_the_trainer_runs_without_ffmpeg_or_ray(shards: Path, tmp_path: Path) ->
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "cvpipe modules: ['cvpipe', 'cvpipe.shard_schema']" in done.stdout
+    assert "cvpipe modules: ['cvpipe', 'cvpipe.shards', 'cvpipe.shards.schema']" in done.stdout
     assert (tmp_path / "mv" / "best.pt").exists()

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 import trainer
-from trainer import checkpoint
-from trainer.distributed import Dist
-from trainer.evaluate import evaluate_runs
+from trainer.analysis.evaluate import evaluate_runs
+from trainer.train import checkpoint
+from trainer.train.distributed import Dist
 
 # The children import the same trainer package as this process (installed or source tree).
 PACKAGE_PARENT = Path(trainer.__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from cvpipe.cli import main as cvpipe_cli
-from cvpipe.manifest import write_manifest
-from cvpipe.shard_job import run_job
+from cvpipe.datasets.manifest import write_manifest
+from cvpipe.shards.job import run_job
 from trainer.cli import main as cvtrain
 
 

@@ -22,8 +22,8 @@ import pytest
 
 import cvpipe
 from cvpipe.cli import main
-from cvpipe.encode import EncodeError, EncodeOptions, check_output, encode_file, encode_frames, find_ffmpeg
-from cvpipe.encode_batch import encode_many, output_path
+from cvpipe.datasets.encode import EncodeError, EncodeOptions, check_output, encode_file, encode_frames, find_ffmpeg
+from cvpipe.datasets.encode_batch import encode_many, output_path
 
 av = pytest.importorskip("av")
 
@@ -328,7 +328,7 @@ def test_the_encoder_binary_can_be_chosen(sources: dict[str, Path], tmp_path: Pa
 
 
 def test_tree_keeps_the_class_layout_the_manifests_read(sources: dict[str, Path], tmp_path: Path) -> None:
-    from cvpipe.manifest_sources import folder
+    from cvpipe.datasets.sources import folder
 
     root = tmp_path / "dataset"
     for cls, name in [("Jump", "v_Jump_g01_c01"), ("Jump", "v_Jump_g02_c01"), ("Run", "v_Run_g01_c01")]:

@@ -13,24 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from trainer import checkpoint
+from trainer.analysis.evaluate import evaluate_runs, fuse
 from trainer.cli import main as cvtrain
-from trainer.config import (
-    BUNDLED,
-    Config,
-    ConfigError,
-    from_dict,
-    load_config,
-    save_config,
-    to_toml,
-)
-from trainer.distributed import Dist
-from trainer.evaluate import evaluate_runs
-from trainer.fit import fit
-from trainer.metrics import Counts, fuse, summarize
-from trainer.models import ModalityNet
-from trainer.optim import build_optimizer, lr_at, set_lr
-from trainer.tensor_data import TensorData
+from trainer.config import BUNDLED, Config, ConfigError, from_dict, load_config, save_config, to_toml
+from trainer.data.tensors import TensorData
+from trainer.models.networks import ModalityNet
+from trainer.train import checkpoint
+from trainer.train.distributed import Dist
+from trainer.train.loop import fit
+from trainer.train.metrics import Counts, summarize
+from trainer.train.optim import build_optimizer, lr_at, set_lr
 
 CPU = Dist(0, 1, 0, torch.device("cpu"))
 TIMING = ("seconds", "samples_per_s")
@@ -57,7 +49,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 class FixedVideos:
     """A handful of pure-noise videos with random labels, the same every step: the
-    network can only fit them by memorising (a DataModule, trainer.batches)."""
+    network can only fit them by memorising (a DataModule, trainer.data.contract)."""
 
     def __init__(self, videos: int = 8, num_classes: int = 4) -> None:
         g = torch.Generator().manual_seed(0)

@@ -15,16 +15,18 @@ import pytest
 import torch
 
 import trainer
-from trainer import checkpoint
 from trainer.cli import main as cvtrain
 from trainer.config import ConfigError, from_dict, load_config
-from trainer.distributed import Dist
-from trainer.fit import train
-from trainer.exits import evaluate_exits, load_backbone, load_ic_run
-from trainer.ic import ICTask, train_ics
-from trainer.models import INPUT_CHANNELS, MODALITIES, ModalityNet
-from trainer.pkd import TeacherSchedule, ic_loss, soft_target_loss
-from trainer.tensor_data import TensorData
+from trainer.data.contract import INPUT_CHANNELS, MODALITIES
+from trainer.data.tensors import TensorData
+from trainer.models.networks import ModalityNet
+from trainer.train import checkpoint
+from trainer.train.checkpoint import load_backbone, load_ic_run
+from trainer.train.distributed import Dist
+from trainer.train.ic import ICTask, train_ics
+from trainer.train.loop import train
+from trainer.train.pkd import TeacherSchedule, ic_loss, soft_target_loss
+from trainer.train.validate import evaluate_exits
 
 CPU = Dist(0, 1, 0, torch.device("cpu"))
 SIZE, CLASSES, SEGMENTS = 32, 3, 2
@@ -87,7 +89,7 @@ def test_teacher_schedule_switches_at_the_configured_epochs():
 
 class ModalityVideos:
     """Fixed videos with all three modalities, each a class pattern plus noise, for IC
-    training with teachers of other modalities (a DataModule, trainer.batches). Every
+    training with teachers of other modalities (a DataModule, trainer.data.contract). Every
     training step yields the same batch, so an epoch's loss is that batch's loss."""
 
     def __init__(self, student: str, videos: int = 12, batch: int = 6, seed: int = 0) -> None:

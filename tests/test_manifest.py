@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from cvpipe import manifest_sources as sources
 from cvpipe.cli import main
-from cvpipe.manifest import (
+from cvpipe.datasets import sources as sources
+from cvpipe.datasets.manifest import (
     ManifestEntry,
     Source,
     SourceVideo,

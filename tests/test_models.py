@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.heads import ICHead, ICSpec, InternalClassifiers
-from trainer.models import ModalityNet, count_macs, load_pretrained
-from trainer.resnet import ResNet
+from trainer.models.heads import ICHead, ICSpec, InternalClassifiers
+from trainer.models.networks import ModalityNet, count_macs, load_pretrained
+from trainer.models.resnet import ResNet
 
 # torchvision's resnet18().state_dict(), written out by hand: a name ending in .weight or
 # .bias is one tensor of the given shape; any other name is a BatchNorm2d, i.e. five

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from trainer.analysis.logits import load_logits
+from trainer.analysis.report import find_methods
+from trainer.analysis.wise import EXIT_NAMES, ORDER
 from trainer.cli import main as cvtrain
 from trainer.config import load_config
-from trainer.logits import load_logits
-from trainer.models import MODALITIES, ModalityNet
-from trainer.report import find_methods
-from trainer.wise import EXIT_NAMES, ORDER
+from trainer.data.contract import MODALITIES
+from trainer.models.networks import ModalityNet
 
 CLASSES, VIDEOS = 4, {"train": 40, "val": 16, "test": 24}
 COSTS = {m: {"input_size": 32, "stages": [10, 20, 20, 20, 30], "heads": [5, 3, 2], "eval_segments": 3}
@@ -148,7 +149,7 @@ def test_wise_refuses_runs_that_disagree(fake_runs, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def shards(ray_cluster, shard_dataset, tmp_path_factory) -> Path:
-    from cvpipe.shard_job import ShardOptions, run_job
+    from cvpipe.shards.job import ShardOptions, run_job
 
     out = tmp_path_factory.mktemp("paper") / "shards"
     assert run_job(shard_dataset.manifest, out, ShardOptions(), shard_size=2, progress=False).ok

@@ -22,12 +22,12 @@ import pytest
 
 import cvpipe
 from cvpipe import coviar
-from cvpipe import shard_schema as ss
 from cvpipe.cli import main as cli
-from cvpipe.shard_cluster import EnvironmentProblem
-from cvpipe.shard_job import FAULT_KILL_ALWAYS_ENV, FAULT_KILL_ENV, FAULT_STALL_ENV, RECORDS_DIR, run_job
-from cvpipe.shard_verify import verify
-from cvpipe.shard_writer import ShardOptions
+from cvpipe.shards import schema as ss
+from cvpipe.shards.cluster import EnvironmentProblem
+from cvpipe.shards.job import FAULT_KILL_ALWAYS_ENV, FAULT_KILL_ENV, FAULT_STALL_ENV, RECORDS_DIR, run_job
+from cvpipe.shards.verify import verify
+from cvpipe.shards.writer import ShardOptions
 
 wds = pytest.importorskip("webdataset")
 

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvpipe import shard_schema as ss
-
+from cvpipe.shards import schema as ss
 
 # --- quantisation -----------------------------------------------------------------------
 
@@ -301,9 +300,9 @@ def test_schema_imports_without_the_extension_ray_or_torch():
     """What the trainer does on a GPU node without FFmpeg: import the schema, and only it."""
     done = _run("""
         import numpy
-        import cvpipe.shard_schema as ss
+        import cvpipe.shards.schema as ss
         assert ss.quantise_mv(numpy.array([-1], "int16")).tolist() == [122]
         print("loaded:", sorted(m for m in sys.modules if m.split(".")[0] in ("ray", "torch", "av", "cvpipe")))
     """)
     assert done.returncode == 0, done.stderr
-    assert "loaded: ['cvpipe', 'cvpipe.shard_schema']" in done.stdout
+    assert "loaded: ['cvpipe', 'cvpipe.shards', 'cvpipe.shards.schema']" in done.stdout

@@ -17,8 +17,8 @@ import pytest
 
 import cvpipe
 from cvpipe.cli import main
-from cvpipe.manifest import read_manifest
-from cvpipe.synth import MAX_CLASSES, SynthConfig, generate, scene, split_counts, synth_class, video_id
+from cvpipe.datasets.manifest import read_manifest
+from cvpipe.datasets.synth import MAX_CLASSES, SynthConfig, generate, scene, split_counts, synth_class, video_id
 
 CONFIG = SynthConfig(classes=4, videos_per_class=3, frames=24, width=64, height=64, seed=7)
 CLI_ARGS = ["--classes", "4", "--videos-per-class", "3", "--frames", "24", "--size", "64x64", "--seed", "7"]

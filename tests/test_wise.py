@@ -8,9 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.config import WiseConfig
-from trainer.exits import ICNet
-from trainer.wise import (
+from trainer.analysis.wise import (
     EXIT_NAMES,
     combine,
     early_exit,
@@ -20,6 +18,8 @@ from trainer.wise import (
     fusion_cost,
     variant_weights,
 )
+from trainer.config import WiseConfig
+from trainer.models.exits import ICNet
 
 
 def informative_logits(n: int = 400, k: int = 5, exits: int = 4, good: int = 2, seed: int = 0):

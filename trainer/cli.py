@@ -19,11 +19,10 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from trainer import distributed
-from trainer.batches import SPLITS, DataError
+from trainer.analysis.evaluate import DEFAULT_FUSION_WEIGHTS, FUSION_SPACES
 from trainer.config import ConfigError, load_config
-from trainer.metrics import DEFAULT_FUSION_WEIGHTS, FUSION_SPACES
-from trainer.models import MODALITIES
+from trainer.data.contract import MODALITIES, SPLITS, DataError
+from trainer.train import distributed
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +43,7 @@ def _fusion_weights(text: str) -> dict[str, float]:
 
 
 def _run_fit(args: argparse.Namespace) -> int:
-    from trainer.fit import fit
+    from trainer.train.loop import fit
 
     cfg = load_config(args.config, args.overrides)
     dist = distributed.setup(cfg.run.device)
@@ -56,7 +55,7 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from trainer.evaluate import evaluate_runs, format_table
+    from trainer.analysis.evaluate import evaluate_runs, format_table
 
     dist = distributed.setup(args.device)
     try:
@@ -71,7 +70,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_ic(args: argparse.Namespace) -> int:
-    from trainer.ic import train_ics
+    from trainer.train.ic import train_ics
 
     overrides = list(args.overrides)
     if args.method:
@@ -90,7 +89,7 @@ def _run_ic(args: argparse.Namespace) -> int:
 
 
 def _run_logits(args: argparse.Namespace) -> int:
-    from trainer.logits import dump_logits, format_summary
+    from trainer.analysis.logits import dump_logits, format_summary
 
     dist = distributed.setup(args.device)
     try:
@@ -103,7 +102,7 @@ def _run_logits(args: argparse.Namespace) -> int:
 
 
 def _run_wise(args: argparse.Namespace) -> int:
-    from trainer.wise import format_results, run_wise
+    from trainer.analysis.wise import format_results, run_wise
 
     for method_dir in args.method_dirs:
         results = run_wise(method_dir, args.overrides)
@@ -112,7 +111,7 @@ def _run_wise(args: argparse.Namespace) -> int:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from trainer.report import write_report
+    from trainer.analysis.report import write_report
 
     table = write_report(args.run_dir, split=args.split, wise_method=args.wise_method)
     print(table)

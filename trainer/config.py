@@ -22,9 +22,10 @@ from typing import Any
 
 import tomllib
 
-from trainer.models import CONV1_INITS, MODALITIES
-from trainer.pkd import SELF, TeacherSchedule
-from trainer.resnet import ARCHS
+from trainer.data.contract import MODALITIES
+from trainer.models.networks import CONV1_INITS
+from trainer.models.resnet import ARCHS
+from trainer.train.pkd import SELF, TeacherSchedule
 
 BUNDLED = Path(__file__).parent / "configs"
 

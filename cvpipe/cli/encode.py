@@ -9,8 +9,8 @@ import sys
 import threading
 import time
 
-from cvpipe.encode import FORMATS, EncodeOptions, parse_size
-from cvpipe.encode_batch import encode_many, summary
+from cvpipe.datasets.encode import FORMATS, EncodeOptions, parse_size
+from cvpipe.datasets.encode_batch import encode_many, summary
 
 
 def add_encoder_arguments(p: argparse.ArgumentParser) -> None:

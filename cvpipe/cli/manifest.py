@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cvpipe import manifest_sources
-from cvpipe.manifest import build_manifest, write_manifest
+from cvpipe.datasets import sources
+from cvpipe.datasets.manifest import build_manifest, write_manifest
 
 _SPLIT_NOTE = ("Val is carved from train per class, deterministically (a SHA-256 order of "
                "groups, no RNG); whole groups move, so one actor/scene (UCF-101's gXX) or one "
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="which official split (default: 1)")
         k.add_argument("--ext", help="extension of the videos on disk when re-encoded keeping the "
                                      "relative paths, e.g. m4v (default: as listed, .avi)")
-        k.set_defaults(func=run, collect=lambda a, parse=getattr(manifest_sources, name):
+        k.set_defaults(func=run, collect=lambda a, parse=getattr(sources, name):
                        parse(a.source, a.video_root, a.split_number, a.ext))
 
     k = kinds.add_parser("folder", parents=[common], help="a <root>/<class>/<video> tree",
@@ -58,9 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     k.add_argument("source", metavar="ROOT", help="one directory per class, named by the class")
     k.add_argument("--test-fraction", type=_fraction, default=0.0,
                    help="fraction of each class moved to test (default: 0)")
-    k.add_argument("--extensions", nargs="+", default=list(manifest_sources.VIDEO_EXTENSIONS),
+    k.add_argument("--extensions", nargs="+", default=list(sources.VIDEO_EXTENSIONS),
                    help="file extensions that are videos (default: %(default)s)")
-    k.set_defaults(func=run, collect=lambda a: manifest_sources.folder(a.source, a.extensions))
+    k.set_defaults(func=run, collect=lambda a: sources.folder(a.source, a.extensions))
 
     k = kinds.add_parser("csv", parents=[common], help="CSV files of path,label[,split]",
                          epilog="A label is a class name or a 0-based index; without --classes, "
@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     k.add_argument("--classes", help="text file, one class name per line in label order")
     k.add_argument("--test-fraction", type=_fraction, default=0.0,
                    help="fraction of each class's train rows moved to test (default: 0)")
-    k.set_defaults(func=run, collect=lambda a: manifest_sources.csv_files(a.source, a.video_root, a.classes))
+    k.set_defaults(func=run, collect=lambda a: sources.csv_files(a.source, a.video_root, a.classes))
 
 
 def run(args: argparse.Namespace) -> int:

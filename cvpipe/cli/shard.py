@@ -16,11 +16,11 @@ import argparse
 import os
 import sys
 
-from cvpipe.shard_cluster import EnvironmentProblem
-from cvpipe.shard_job import DEFAULT_SHARD_SIZE, run_job, summary_table
-from cvpipe.shard_schema import DEFAULT_ENCODINGS, IFRAME, JPEG_QUALITY, MV, RESIDUAL, Encoding
-from cvpipe.shard_verify import failure_lines
-from cvpipe.shard_writer import ShardOptions
+from cvpipe.shards.cluster import EnvironmentProblem
+from cvpipe.shards.job import DEFAULT_SHARD_SIZE, run_job, summary_table
+from cvpipe.shards.schema import DEFAULT_ENCODINGS, IFRAME, JPEG_QUALITY, MV, RESIDUAL, Encoding
+from cvpipe.shards.verify import failure_lines
+from cvpipe.shards.writer import ShardOptions
 
 _PNG_LEVEL = DEFAULT_ENCODINGS[IFRAME].level
 _ZSTD_LEVEL = DEFAULT_ENCODINGS[MV].level

@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from cvpipe.cli.encode import add_encoder_arguments
-from cvpipe.encode import parse_size
-from cvpipe.synth import COVIAR_SIZE, MAX_CLASSES, SynthConfig, class_table, generate
+from cvpipe.datasets.encode import parse_size
+from cvpipe.datasets.synth import COVIAR_SIZE, MAX_CLASSES, SynthConfig, class_table, generate
 
 _DEFAULTS = SynthConfig()
 

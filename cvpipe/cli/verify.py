@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cvpipe.manifest import read_manifest
-from cvpipe.shard_verify import failure_lines, verify
+from cvpipe.datasets.manifest import read_manifest
+from cvpipe.shards.verify import failure_lines, verify
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

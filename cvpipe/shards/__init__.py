@@ -1,0 +1,8 @@
+"""The shard stage: a manifest of MPEG-4 Part 2 videos in, WebDataset shards out.
+
+Takes a manifest (`cvpipe.datasets.manifest`), extracts every video once with the native
+extractor on Ray workers (`job`, `cluster`, `writer`) and hands on tar shards plus a
+`manifest.json` that `verify` checks. `schema` is the sample format, the one module of
+cvpipe the trainer imports; it needs neither the extension nor Ray, and so this file
+imports nothing.
+"""

@@ -1,0 +1,431 @@
+"""The shard format: what one WebDataset sample holds, and how to read it back.
+
+Both sides import this module: the shard writer (cvpipe.shards.writer) and the trainer's
+reader, which imports nothing else of cvpipe. So it needs only the standard library,
+numpy, Pillow and zstandard: no compiled extension, no Ray, no torch.
+
+One sample per video. Its key is the manifest id (no dots: WebDataset splits a member
+name at the first dot, the rest is the sample's field). Fields:
+
+    json                       the header (Header): who the video is, its GOP table,
+                               which positions are stored and how each member is encoded
+    g0003.iframe.png           GOP 3's I-frame (position 0), BGR as an RGB image
+    g0003.p05.mv.npy.zst       accumulated motion vectors at GOP 3, position 5
+    g0003.p05.res.npy.zst      accumulated residual at GOP 3, position 5
+
+The extension says the encoding and is recorded in the header too, so a reader builds
+field names with `Header.field` instead of listing the tar. Members of a sample are
+adjacent in the tar: the header first, then GOP by GOP the I-frame and, position by
+position, MV then residual.
+
+MV and residual are stored as CoViAR's network input quantisation (REFERENCE.md s.2;
+`quantise_mv`, `quantise_residual`): uint8, so the stored bytes are exactly what CoViAR's
+data loader hands to its transforms, and a reader only divides by 255.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import zstandard
+from PIL import Image
+
+# Bump on any change a reader must know about (fields, names, encodings, quantisation).
+SCHEMA_VERSION = 1
+
+IFRAME, MV, RESIDUAL = "iframe", "mv", "res"
+KINDS = (IFRAME, MV, RESIDUAL)
+HEADER_FIELD = "json"
+CHANNELS = {IFRAME: 3, MV: 2, RESIDUAL: 3}
+
+# CoViAR's MV scaling (its data loader's `clip_and_scale(img, 20)`): +-20 pixels of
+# accumulated motion span the uint8 range.
+MV_BOUND = 20
+MV_SCALE = 127.5 / MV_BOUND  # 6.375 = 51/8, exact in binary: the integer form below is exact
+
+QUANTISATION = {
+    MV: "uint8 = clip(trunc(mv * 127.5 / 20) + 128, 0, 255); trunc rounds toward zero "
+        "(CoViAR's astype(int32) before adding 128), so -1 -> 122, not floor's 121",
+    RESIDUAL: "uint8 = clip(residual + 128, 0, 255)",
+    IFRAME: "none: the decoded BGR frame, uint8",
+}
+
+
+# --- Quantisation ---------------------------------------------------------------------
+
+def _mv_table() -> np.ndarray:
+    """The quantised value of every motion value in -21..21, indexed by the value's
+    two's-complement byte (what casting the clipped int16 to uint8 gives)."""
+    values = np.arange(256).astype(np.uint8).view(np.int8).astype(np.int64)
+    # mv * 6.375 = mv * 51 / 8 exactly; shifting the magnitude truncates toward zero as
+    # CoViAR's float-to-int cast does.
+    scaled = values * 51
+    truncated = np.sign(scaled) * (np.abs(scaled) >> 3)
+    return np.clip(truncated + 128, 0, 255).astype(np.uint8)
+
+
+_MV_TABLE = _mv_table()
+
+
+def quantise_mv(mv: np.ndarray) -> np.ndarray:
+    """CoViAR's MV network input: clip(trunc(mv * 127.5 / 20) + 128, 0, 255) as uint8."""
+    mv = np.asarray(mv)
+    if not np.issubdtype(mv.dtype, np.signedinteger):
+        raise TypeError(f"motion vectors must be signed integers (CoViAR's int32 or cvpipe's int16), not {mv.dtype}")
+    # Every |mv| >= 21 saturates (21 * 6.375 > 127), so a 256-entry table covers all
+    # values: one clip, one cast and one lookup, 2-3x faster than the arithmetic.
+    return _MV_TABLE[np.clip(mv, -MV_BOUND - 1, MV_BOUND + 1).astype(np.uint8)]
+
+
+def quantise_residual(residual: np.ndarray) -> np.ndarray:
+    """CoViAR's residual network input: clip(residual + 128, 0, 255) as uint8."""
+    residual = np.asarray(residual)
+    if not np.issubdtype(residual.dtype, np.signedinteger):
+        raise TypeError(f"residuals must be signed integers, not {residual.dtype}")
+    # -128..127 cast to a byte is its two's complement; flipping the top bit adds 128.
+    quantised = np.clip(residual, -128, 127).astype(np.uint8)
+    quantised ^= 0x80
+    return quantised
+
+
+# --- Member encodings -----------------------------------------------------------------
+
+# format -> file extension; which kinds may use it.
+FORMATS = {"png": "png", "jpeg": "jpg", "npy": "npy", "npy.zst": "npy.zst"}
+ALLOWED_FORMATS = {IFRAME: ("png", "jpeg"), MV: ("npy.zst", "npy", "png"), RESIDUAL: ("npy.zst", "npy", "png")}
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How one kind of member is stored. `level`: PNG's zlib level (0-9) or zstd's
+    (1-22); `quality`: JPEG's (1-95, Pillow's scale; lossy, I-frames only)."""
+
+    format: str
+    level: int | None = None
+    quality: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"encoding format {self.format!r} is not one of {', '.join(FORMATS)}")
+        bounds = {"png": (0, 9), "npy.zst": (1, 22)}.get(self.format)
+        if (self.level is not None) != (bounds is not None):
+            raise ValueError(f"encoding {self.format!r}: a level is {'required' if bounds else 'not used'}")
+        if bounds and not bounds[0] <= self.level <= bounds[1]:
+            raise ValueError(f"encoding {self.format!r}: level {self.level} is outside {bounds[0]}..{bounds[1]}")
+        if (self.quality is not None) != (self.format == "jpeg"):
+            raise ValueError(f"encoding {self.format!r}: a quality is {'required' if self.format == 'jpeg' else 'not used'}")
+        if self.format == "jpeg" and not 1 <= self.quality <= 95:
+            raise ValueError(f"JPEG quality {self.quality} is outside 1..95")
+
+    @property
+    def extension(self) -> str:
+        return FORMATS[self.format]
+
+    @property
+    def lossless(self) -> bool:
+        return self.format != "jpeg"
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Encoding:
+        return cls(**data)
+
+
+# Chosen by measurement (README, "Shards"): zstd-compressed npy is within a few percent of
+# PNG's size for MV and residual and decodes 3-4x faster; PNG level 1 is within ~5% of
+# level 6's size for I-frames at a third of the encoding time.
+DEFAULT_ENCODINGS = {
+    IFRAME: Encoding("png", level=1),
+    MV: Encoding("npy.zst", level=3),
+    RESIDUAL: Encoding("npy.zst", level=3),
+}
+JPEG_QUALITY = 95
+
+
+def check_encoding(kind: str, encoding: Encoding) -> None:
+    if encoding.format not in ALLOWED_FORMATS[kind]:
+        raise ValueError(f"{kind} members cannot be stored as {encoding.format!r}; "
+                         f"valid: {', '.join(ALLOWED_FORMATS[kind])}")
+
+
+def encode_member(kind: str, array: np.ndarray, encoding: Encoding) -> bytes:
+    """One member's bytes. `array`: (H, W, C) uint8; BGR for I-frames, quantised MV/residual."""
+    check_encoding(kind, encoding)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != CHANNELS[kind]:
+        raise ValueError(f"{kind} member must be (H, W, {CHANNELS[kind]}) uint8, not {array.shape} {array.dtype}")
+    if encoding.format in ("npy", "npy.zst"):
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+        data = buffer.getvalue()
+        return data if encoding.format == "npy" else zstandard.ZstdCompressor(level=encoding.level).compress(data)
+    # Images: I-frames are stored as true RGB so the files view correctly; two-channel MV
+    # as grey + alpha.
+    image = Image.fromarray(np.ascontiguousarray(array[..., ::-1]) if kind == IFRAME else array,
+                            {2: "LA", 3: "RGB"}[array.shape[2]])
+    buffer = io.BytesIO()
+    if encoding.format == "png":
+        image.save(buffer, "PNG", compress_level=encoding.level)
+    else:
+        image.save(buffer, "JPEG", quality=encoding.quality)
+    return buffer.getvalue()
+
+
+def decode_member(kind: str, data: bytes, encoding: Encoding) -> np.ndarray:
+    """The array `encode_member` was given (for JPEG, its lossy approximation)."""
+    check_encoding(kind, encoding)
+    if encoding.format in ("npy", "npy.zst"):
+        raw = data if encoding.format == "npy" else zstandard.ZstdDecompressor().decompress(data)
+        array = np.load(io.BytesIO(raw), allow_pickle=False)
+    else:
+        with Image.open(io.BytesIO(data)) as image:
+            array = np.asarray(image)
+        if kind == IFRAME:
+            array = array[..., ::-1]
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != CHANNELS[kind]:
+        raise ValueError(f"decoded {kind} member is {array.shape} {array.dtype}, not (H, W, {CHANNELS[kind]}) uint8")
+    return np.ascontiguousarray(array)
+
+
+# --- Member names ---------------------------------------------------------------------
+
+_KEY = re.compile(r"[^./\s]+")
+_FIELD = re.compile(r"g(?P<gop>\d{4,})\.(?:(?P<iframe>iframe)|p(?P<pos>\d{2,})\.(?P<kind>mv|res))\.(?P<ext>.+)")
+
+
+def check_key(key: str) -> str:
+    """A WebDataset key: non-empty, no dots, slashes or whitespace."""
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        raise ValueError(f"sample key {key!r} must be non-empty and contain no '.', '/' or whitespace")
+    return key
+
+
+def field_name(kind: str, gop: int, position: int, extension: str) -> str:
+    """'g0003.iframe.png', 'g0003.p05.mv.npy.zst': the member name after 'KEY.'."""
+    if kind == IFRAME:
+        if position != 0:
+            raise ValueError(f"the I-frame is position 0 of its GOP, not {position}")
+        return f"g{gop:04d}.iframe.{extension}"
+    if kind not in (MV, RESIDUAL):
+        raise ValueError(f"unknown member kind {kind!r}; valid: {', '.join(KINDS)}")
+    if position < 1:
+        raise ValueError(f"{kind} is stored at P positions (>= 1), not {position}")
+    return f"g{gop:04d}.p{position:02d}.{kind}.{extension}"
+
+
+def parse_field(name: str) -> tuple[str, int, int, str]:
+    """(kind, gop, position, extension) of a data member's field; ValueError otherwise."""
+    match = _FIELD.fullmatch(name)
+    if not match:
+        raise ValueError(f"{name!r} is not a shard member field (e.g. g0003.iframe.png, g0003.p05.mv.npy.zst)")
+    if match["iframe"]:
+        return IFRAME, int(match["gop"]), 0, match["ext"]
+    return match["kind"], int(match["gop"]), int(match["pos"]), match["ext"]
+
+
+# --- Stored positions -----------------------------------------------------------------
+
+def parse_positions(spec: str) -> str:
+    """Validates and normalises a positions spec: 'all', 'everyN' (positions 1, 1+N, ...),
+    or a comma list of P positions ('1,4,8'); returns its canonical text."""
+    spec = spec.strip().lower()
+    if spec == "all":
+        return spec
+    if match := re.fullmatch(r"every(\d+)", spec):
+        if int(match[1]) < 1:
+            raise ValueError(f"positions {spec!r}: N in everyN must be at least 1")
+        return f"every{int(match[1])}"
+    try:
+        positions = sorted({int(p) for p in spec.split(",")})
+    except ValueError:
+        raise ValueError(f"positions {spec!r} is not 'all', 'everyN' or a comma list of integers") from None
+    if positions[0] < 1:
+        raise ValueError(f"positions {spec!r}: P positions start at 1 (0 is the I-frame, stored always)")
+    return ",".join(map(str, positions))
+
+
+def select_positions(spec: str, gop_size: int) -> list[int]:
+    """The P positions `spec` stores in a GOP of `gop_size` frames (only those that exist:
+    a shorter last GOP keeps fewer)."""
+    spec = parse_positions(spec)
+    if spec == "all":
+        return list(range(1, gop_size))
+    if spec.startswith("every"):
+        return list(range(1, gop_size, int(spec[5:])))
+    return [p for p in map(int, spec.split(",")) if p < gop_size]
+
+
+# --- Header ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Header:
+    """Everything a reader needs about one sample; stored as the `json` member."""
+
+    id: str
+    label: int
+    label_name: str
+    split: str
+    source: str                      # the video file the sample was extracted from
+    num_frames: int
+    width: int
+    height: int
+    fps: tuple[int, int]             # numerator, denominator (0/1 if unknown)
+    gop_starts: tuple[int, ...]
+    positions: tuple[tuple[int, ...], ...]   # stored P positions, per GOP
+    position_spec: str               # what asked for them ('all', 'every2', '1,5')
+    encodings: dict[str, Encoding]   # kind -> Encoding
+    accumulated: bool = True         # MV and residual traced back to the GOP's I-frame
+    quantisation: dict[str, str] = field(default_factory=lambda: dict(QUANTISATION))
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        check_key(self.id)
+        if len(self.positions) != len(self.gop_starts):
+            raise ValueError(f"{self.id}: {len(self.positions)} position lists for {len(self.gop_starts)} GOPs")
+        for gop, stored in enumerate(self.positions):
+            if any(not 1 <= p < self.gop_size(gop) for p in stored) or list(stored) != sorted(set(stored)):
+                raise ValueError(f"{self.id}: GOP {gop} of {self.gop_size(gop)} frames cannot store positions {stored}")
+        for kind in KINDS:
+            check_encoding(kind, self.encodings[kind])
+
+    @property
+    def num_gops(self) -> int:
+        return len(self.gop_starts)
+
+    @property
+    def frame_rate(self) -> Fraction:
+        return Fraction(*self.fps) if self.fps[0] > 0 else Fraction(0)
+
+    def gop_size(self, gop: int) -> int:
+        end = self.gop_starts[gop + 1] if gop + 1 < self.num_gops else self.num_frames
+        return end - self.gop_starts[gop]
+
+    def field(self, kind: str, gop: int, position: int = 0) -> str:
+        """The field (member name after 'KEY.') of a stored member; KeyError if not stored."""
+        if not 0 <= gop < self.num_gops:
+            raise KeyError(f"{self.id}: no GOP {gop} (the video has {self.num_gops})")
+        if kind != IFRAME and position not in self.positions[gop]:
+            raise KeyError(f"{self.id}: {kind} at GOP {gop} position {position} is not stored "
+                           f"(stored: {list(self.positions[gop])})")
+        return field_name(kind, gop, position, self.encodings[kind].extension)
+
+    def fields(self) -> list[str]:
+        """Every data member's field, in the order they follow the header in the tar."""
+        names = []
+        for gop in range(self.num_gops):
+            names.append(self.field(IFRAME, gop))
+            for position in self.positions[gop]:
+                names += [self.field(MV, gop, position), self.field(RESIDUAL, gop, position)]
+        return names
+
+    def decode(self, kind: str, data: bytes) -> np.ndarray:
+        return decode_member(kind, data, self.encodings[kind])
+
+    # -- sampling: which stored member serves a frame index --
+
+    def locate(self, frame: int) -> tuple[int, int]:
+        """(gop, position) of a frame index."""
+        if not 0 <= frame < self.num_frames:
+            raise IndexError(f"{self.id}: frame {frame} is out of range (0..{self.num_frames - 1})")
+        gop = int(np.searchsorted(self.gop_starts, frame, side="right")) - 1
+        return gop, frame - self.gop_starts[gop]
+
+    def serve(self, frame: int, kind: str) -> tuple[int, int]:
+        """The stored (gop, position) whose `kind` member stands for frame index `frame`.
+
+        I-frames: the frame's GOP, position 0. MV and residual follow CoViAR's loader: an
+        I-frame (position 0) is served by the previous GOP's last frame; then, when only
+        some positions are stored, by the stored position nearest to it in the same GOP
+        (ties to the earlier one), or, in a GOP that stores none (a one-frame GOP), by the
+        nearest stored frame of the video. With every position stored this is exactly
+        CoViAR's mapping (for frame 0, which CoViAR never samples for MV/residual: GOP 0's
+        first stored position).
+        """
+        gop, position = self.locate(frame)
+        if kind == IFRAME:
+            return gop, 0
+        if kind not in (MV, RESIDUAL):
+            raise ValueError(f"unknown member kind {kind!r}; valid: {', '.join(KINDS)}")
+        if position == 0 and gop > 0:
+            gop, position = gop - 1, self.gop_size(gop - 1) - 1
+        if self.positions[gop]:
+            return gop, min(self.positions[gop], key=lambda p: (abs(p - position), p))
+        target = self.gop_starts[gop] + position
+        stored = [(g, p) for g in range(self.num_gops) for p in self.positions[g]]
+        if not stored:
+            raise LookupError(f"{self.id}: no {kind} member is stored (every GOP is a single I-frame)")
+        return min(stored, key=lambda gp: (abs(self.gop_starts[gp[0]] + gp[1] - target), gp))
+
+    # -- JSON --
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data["encodings"] = {k: e.to_json() for k, e in self.encodings.items()}
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Header:
+        """Parses a header; ValueError for another schema version or a malformed one."""
+        try:
+            raw = json.loads(data)
+            version = raw.get("schema_version")
+            if version != SCHEMA_VERSION:
+                raise ValueError(f"schema version {version!r}; this reader reads version {SCHEMA_VERSION}")
+            raw["fps"] = tuple(raw["fps"])
+            raw["gop_starts"] = tuple(raw["gop_starts"])
+            raw["positions"] = tuple(tuple(p) for p in raw["positions"])
+            raw["encodings"] = {k: Encoding.from_json(e) for k, e in raw["encodings"].items()}
+            return cls(**raw)
+        except (TypeError, KeyError, AttributeError, json.JSONDecodeError) as e:
+            raise ValueError(f"malformed shard header: {e!r}") from None
+
+
+def header_for(entry: Any, video: Any, position_spec: str, encodings: dict[str, Encoding]) -> Header:
+    """The header of a video: `entry` has the manifest fields (id, path, label,
+    label_name, split), `video` the extractor's (num_frames, width, height, fps,
+    gop_starts, gop_size)."""
+    fps = Fraction(video.fps)
+    return Header(
+        id=entry.id, label=int(entry.label), label_name=entry.label_name, split=entry.split,
+        source=str(entry.path), num_frames=int(video.num_frames), width=int(video.width),
+        height=int(video.height), fps=(fps.numerator, fps.denominator),
+        gop_starts=tuple(int(s) for s in video.gop_starts),
+        positions=tuple(tuple(select_positions(position_spec, video.gop_size(g)))
+                        for g in range(len(video.gop_starts))),
+        position_spec=parse_positions(position_spec), encodings=dict(encodings))
+
+
+# --- TSN sampling over frame indices (CoViAR's train and test rules) -------------------
+
+def segment_range(num_frames: int, num_segments: int, segment: int, kind: str) -> tuple[int, int]:
+    """Frame indices [begin, end) that training draws segment `segment` from.
+
+    CoViAR's rule: the frames are cut into `num_segments` equal spans (endpoints rounded
+    half to even, as numpy's round); for MV and residual frame 0 is left out (it has no
+    motion), so the spans cover frames 1..num_frames-1. An empty span gets one frame.
+    """
+    _check_segment(num_frames, num_segments, segment)
+    skip = 1 if kind in (MV, RESIDUAL) else 0
+    step = (num_frames - skip - 1) / num_segments
+    begin, end = round(step * segment), round(step * (segment + 1))
+    end = max(end, begin + 1)
+    return begin + skip, end + skip
+
+
+def segment_centre(num_frames: int, num_segments: int, segment: int, kind: str) -> int:
+    """The frame index testing takes for segment `segment`: CoViAR's span centre."""
+    _check_segment(num_frames, num_segments, segment)
+    skip = 1 if kind in (MV, RESIDUAL) else 0
+    return round((num_frames - skip - 1) / num_segments * (segment + 0.5)) + skip
+
+
+def _check_segment(num_frames: int, num_segments: int, segment: int) -> None:
+    if num_frames < 2 or num_segments < 1 or not 0 <= segment < num_segments:
+        raise ValueError(f"segment {segment} of {num_segments} over {num_frames} frames is not defined")

@@ -1,0 +1,366 @@
+"""Batches from WebDataset shards (`cvpipe shard`'s output): the shard reader.
+
+It reads `manifest.json` beside the shards for the split lists and counts, streams each
+tar with webdataset's tar iterator, and for every video decodes only the members its
+segments sample (cvpipe.shards.schema says where each lives). One frame index is drawn per
+TSN segment and serves every modality, so a segment's I-frame, MV and residual come from
+the same GOP (the MV's, which for a GOP's first frame is the previous GOP, as CoViAR maps
+it).
+
+Training is resampled: each step's videos come from shards drawn at random with
+replacement, through a shuffle buffer (of the few compressed members each video's
+segments sample, so it can be large), forever; the loop takes `steps_per_epoch` batches,
+which every rank computes from the manifest's count, so DDP ranks never wait on each
+other. All randomness is seeded by (seed, epoch, rank, loader worker), so a resumed run
+sees exactly the batches an uninterrupted one would. Evaluation splits the split's
+shards over ranks and loader workers, each shard read by exactly one of them.
+
+A member that fails to decode, or a truncated tar, is reported on stderr with its shard
+and key, and the video is skipped and counted (`Batch["skipped"]`), never silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tarfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import tar_file_iterator
+
+from cvpipe.shards import schema
+from trainer.data.contract import Batch, DataError, per_rank_batch, steps_per_epoch
+from trainer.data.transforms import CROP_SCALES, draw_crop, test_views, train_view
+
+if TYPE_CHECKING:
+    from trainer.config import Config
+
+KIND = {"iframe": schema.IFRAME, "mv": schema.MV, "residual": schema.RESIDUAL}
+MAX_SKIPPED_IN_A_ROW = 1000
+
+
+class ShardProblem(Exception):
+    """A sample that cannot be used; the message names the shard and the key."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What one loader produces: which modalities (the first is the batch's "input"),
+    how many segments, and how."""
+
+    modalities: tuple[str, ...]
+    segments: int
+    size: int
+    train: bool
+    test_crops: int = 1
+    scales: tuple[float, ...] = ()
+    flip: bool = True
+    read: str = "index"
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    path = root / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no shards at '{root}': {path} is missing (run `cvpipe shard` first; "
+                                "a run that has not finished writes none)") from None
+    if manifest.get("schema_version") != schema.SCHEMA_VERSION:
+        raise ValueError(f"{path}: shard schema version {manifest.get('schema_version')!r}; "
+                         f"this trainer reads version {schema.SCHEMA_VERSION}")
+    return manifest
+
+
+def segment_frames(header: schema.Header, segments: int, rng: np.random.Generator | None) -> list[int]:
+    """One frame index per TSN segment: random within it for training, its centre for testing."""
+    if rng is None:
+        return [schema.segment_centre(header.num_frames, segments, s, schema.MV) for s in range(segments)]
+    return [int(rng.integers(*schema.segment_range(header.num_frames, segments, s, schema.MV)))
+            for s in range(segments)]
+
+
+@dataclass
+class Picked:
+    """One video's members that its segments sample (compressed), ready to decode: all a
+    shuffle buffer holds, so it stays small whatever the videos' length."""
+
+    header: schema.Header
+    members: dict[tuple[str, int], bytes]  # (modality, segment) -> stored bytes
+    names: dict[tuple[str, int], str]      # the same keys -> member field, for messages
+    where: str                             # "shard: key"
+
+
+def pick(header: schema.Header, sample: dict[str, bytes], sampling: Sampling, rng: np.random.Generator | None,
+         where: str) -> Picked:
+    """Draws the segments' frames and keeps the members that serve them: per frame, the
+    I-frame of the GOP its MV comes from, or the accumulated MV / residual at the position
+    serving it."""
+    frames = segment_frames(header, sampling.segments, rng if sampling.train else None)
+    members, names = {}, {}
+    for segment, frame in enumerate(frames):
+        gop, position = header.serve(frame, schema.MV)
+        for modality in sampling.modalities:
+            kind = KIND[modality]
+            name = header.field(kind, gop, 0 if kind == schema.IFRAME else position)
+            if name not in sample:
+                raise ShardProblem(f"{where}: member '{name}' is missing")
+            members[modality, segment] = sample[name]
+            names[modality, segment] = name
+    return Picked(header, members, names, where)
+
+
+def video_inputs(picked: Picked, sampling: Sampling, rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
+    """Per modality, (segments x crops, C, size, size) for one video: the same frames and,
+    in training, the same crop and flip for every modality."""
+    header = picked.header
+    if sampling.train:
+        crop = draw_crop(header.width, header.height, sampling.size, sampling.scales, rng,
+                         0.5 if sampling.flip else 0.0)
+    inputs = {}
+    for modality in sampling.modalities:
+        views = []
+        for segment in range(sampling.segments):
+            try:
+                array = header.decode(KIND[modality], picked.members[modality, segment])
+            except Exception as e:  # noqa: BLE001 - any decoder failure means a corrupt member
+                raise ShardProblem(f"{picked.where}: member '{picked.names[modality, segment]}' "
+                                   f"does not decode: {e}") from None
+            if sampling.train:
+                views.append(train_view(array, modality, sampling.size, crop)[None])
+            else:
+                views.append(test_views(array, modality, sampling.size, sampling.test_crops))
+        inputs[modality] = torch.cat(views)
+    return inputs
+
+
+class StoredSample(Mapping[str, bytes]):
+    """A sample's members in a local tar, read on access (pread at indexed offsets), so a
+    video costs the bytes its segments sample, not the whole sample. Valid while the
+    shard_samples generator that made it is at this sample."""
+
+    def __init__(self, fd: int, fields: dict[str, tuple[int, int]]) -> None:
+        self.fd, self.fields = fd, fields
+
+    def __getitem__(self, field: str) -> bytes:
+        offset, size = self.fields[field]
+        data = os.pread(self.fd, size, offset)
+        if len(data) != size:
+            raise ShardProblem(f"member '{field}' is cut short ({len(data)} of {size} bytes)")
+        return data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.fields)
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+
+
+
+def shard_samples(path: Path, read: str = "index") -> Iterator[tuple[str, Mapping[str, bytes]]]:
+    """(key, {field: bytes}) per sample of a tar, in order. `read="index"` (local files)
+    reads the tar headers and then only the members asked for; "stream" reads every byte
+    in order, as WebDataset does (pipes, object stores). A truncated or corrupt tar raises
+    ShardProblem naming it, after every sample it could read whole."""
+    key, sample = None, {}
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise ShardProblem(f"{path.name}: cannot open: {e}") from None
+    with f:
+        if read == "index":
+            end = os.fstat(f.fileno()).st_size
+            members = ((info.name, (info.offset_data, info.size))
+                       for info in tarfile.open(fileobj=f, mode="r:") if info.isfile())
+            wrap = lambda fields: StoredSample(f.fileno(), fields)  # noqa: E731
+        else:
+            members = ((m["fname"], m["data"]) for m in tar_file_iterator(f))
+            wrap = dict
+        try:
+            for name, value in members:
+                name_key, field = name.split(".", 1)
+                if name_key != key:
+                    if key is not None:
+                        yield key, wrap(sample)
+                    key, sample = name_key, {}
+                if read == "index" and value[0] + value[1] > end:
+                    raise ShardProblem(f"member '{name}' is cut short (the file ends at byte {end})")
+                sample[field] = value
+        except Exception as e:  # noqa: BLE001 - tarfile raises many kinds
+            # The sample being read when the tar broke is still good if it is whole.
+            if key is not None and _whole(wrap(sample)):
+                yield key, wrap(sample)
+            raise ShardProblem(f"{path.name}: unreadable tar after sample {key!r}: {e}") from None
+        if key is not None:
+            yield key, wrap(sample)
+
+
+def _whole(sample: Mapping[str, bytes]) -> bool:
+    try:
+        header = schema.Header.from_json(sample[schema.HEADER_FIELD])
+    except (KeyError, ValueError, ShardProblem):
+        return False
+    return all(field in sample for field in header.fields())
+
+
+class VideoStream(IterableDataset):
+    """Batches from a list of shards, for one rank.
+
+    Training (`epoch` given): endless, shards drawn with replacement, a shuffle buffer.
+    Evaluation: each of `shards` once, split over the loader's workers.
+    """
+
+    def __init__(self, shards: Sequence[Path], sampling: Sampling, batch_size: int, seed: int, rank: int,
+                 epoch: int | None = None, shuffle_buffer: int = 0) -> None:
+        self.shards = list(shards)
+        self.sampling = sampling
+        self.batch_size = batch_size
+        self.seed, self.rank, self.epoch = seed, rank, epoch
+        self.shuffle_buffer = shuffle_buffer
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if self.epoch is None:
+            return self._batches(self._videos(self.shards[worker::workers], None))
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+        return self._batches(self._videos(self._resampled(rng), rng))
+
+    def _resampled(self, rng: np.random.Generator) -> Iterator[Path]:
+        while True:
+            yield self.shards[rng.integers(len(self.shards))]
+
+    def _videos(self, shards, rng: np.random.Generator | None) -> Iterator[tuple[dict, int, str] | None]:
+        """(inputs, label, id) per usable video, None per skipped one."""
+        for picked in self._shuffled(self._picked(shards, rng), rng):
+            if picked is None:
+                yield None
+                continue
+            try:
+                yield video_inputs(picked, self.sampling, rng), picked.header.label, picked.header.id
+            except ShardProblem as e:
+                print(f"skipped {e}", file=sys.stderr)
+                yield None
+
+    def _picked(self, shards, rng: np.random.Generator | None) -> Iterator[Picked | None]:
+        for shard in shards:
+            try:
+                for key, sample in shard_samples(shard, self.sampling.read):
+                    where = f"{shard.name}: {key}"
+                    try:
+                        if schema.HEADER_FIELD not in sample:
+                            raise ShardProblem(f"{where}: no header member")
+                        yield pick(schema.Header.from_json(sample[schema.HEADER_FIELD]), sample, self.sampling,
+                                   rng, where)
+                    except (ShardProblem, ValueError, KeyError) as e:
+                        print(f"skipped {where}: {e}", file=sys.stderr)
+                        yield None
+            except ShardProblem as e:
+                print(f"skipped the rest of {shard.name}: {e}", file=sys.stderr)
+                yield None
+
+    def _shuffled(self, samples, rng: np.random.Generator | None):
+        if rng is None or self.shuffle_buffer <= 1:
+            yield from samples
+            return
+        buffer = []
+        for sample in samples:
+            buffer.append(sample)
+            if len(buffer) >= self.shuffle_buffer:
+                yield buffer.pop(rng.integers(len(buffer)))
+        while buffer:
+            yield buffer.pop(rng.integers(len(buffer)))
+
+    def _batches(self, videos) -> Iterator[Batch]:
+        inputs, labels, ids, skipped = [], [], [], 0
+        for video in videos:
+            if video is None:
+                skipped += 1
+                # An endless stream over shards that are all broken would never yield.
+                if skipped > MAX_SKIPPED_IN_A_ROW:
+                    raise RuntimeError(f"{skipped} videos in a row could not be read (see the lines above)")
+                continue
+            inputs.append(video[0])
+            labels.append(video[1])
+            ids.append(video[2])
+            if len(inputs) == self.batch_size:
+                yield self._batch(inputs, labels, ids, skipped)
+                inputs, labels, ids, skipped = [], [], [], 0
+        if inputs or skipped:
+            yield self._batch(inputs, labels, ids, skipped)
+
+    def _batch(self, inputs: list[dict[str, torch.Tensor]], labels: list[int], ids: list[str], skipped: int) -> Batch:
+        stacked = {m: torch.stack([i[m] for i in inputs]) if inputs else torch.empty(0) for m in self.sampling.modalities}
+        batch: Batch = {"input": stacked[self.sampling.modalities[0]], "label": torch.tensor(labels, dtype=torch.int64),
+                        "id": ids, "skipped": skipped}
+        if len(stacked) > 1:
+            batch["inputs"] = stacked
+        return batch
+
+
+class ShardData:
+    """The DataModule (trainer.data.contract) over a folder of shards, for one rank.
+
+    Batches hold `cfg.model.modality` as "input"; with more `modalities` (the teachers of
+    PKD, the fused evaluation) they also hold "inputs", a dict of all of them, sampled at
+    the same frames with the same crops.
+    """
+
+    def __init__(self, cfg: Config, *, rank: int, world_size: int, modalities: Sequence[str] = ()) -> None:
+        self.cfg = cfg
+        self.modalities = (cfg.model.modality,) + tuple(m for m in modalities if m != cfg.model.modality)
+        self.root = Path(cfg.data.root)
+        self.rank, self.world_size = rank, world_size
+        self.manifest = read_manifest(self.root)
+        classes = self.manifest["classes"]
+        if not classes:
+            failed = len(self.manifest.get("errors", ()))
+            raise DataError(f"{self.root}: the shards hold no sample ({failed} videos failed; see manifest.json's "
+                            "errors or `cvpipe verify`)")
+        self.num_classes = max(c["label"] for c in classes) + 1
+        names = {c["label"]: c.get("name", str(c["label"])) for c in classes}
+        self.class_names = [names.get(i, str(i)) for i in range(self.num_classes)]
+        self.batch_size = per_rank_batch(cfg, world_size)
+        self.steps_per_epoch = steps_per_epoch(self.split_size("train"), cfg)
+        if not self._shards("train"):
+            raise DataError(f"{self.root}: manifest.json lists no training shard")
+
+    def split_size(self, split: str) -> int:
+        return int(self.manifest["splits"][split]["samples"])
+
+    def _shards(self, split: str) -> list[Path]:
+        return [self.root / s["name"] for s in self.manifest["shards"] if s["split"] == split]
+
+    def _sampling(self, train: bool) -> Sampling:
+        modality = self.cfg.model.modality
+        data = self.cfg.data
+        return Sampling(modalities=self.modalities, segments=data.num_segments if train else data.eval_segments,
+                        size=data.input_size, train=train, test_crops=data.test_crops,
+                        scales=tuple(data.crop_scales) or CROP_SCALES[modality], flip=data.flip,
+                        read=data.read)
+
+    def _loader(self, stream: VideoStream) -> DataLoader:
+        workers = self.cfg.data.workers
+        return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
+                          prefetch_factor=2 if workers else None)
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        stream = VideoStream(self._shards("train"), self._sampling(True), self.batch_size, self.cfg.run.seed,
+                             self.rank, epoch=epoch, shuffle_buffer=self.cfg.data.shuffle_buffer)
+        return (b for b in self._loader(stream) if len(b["id"]))
+
+    def eval_batches(self, split: str) -> Iterator[Batch]:
+        shards = self._shards(split)[self.rank::self.world_size]
+        stream = VideoStream(shards, self._sampling(False), self.batch_size, self.cfg.run.seed, self.rank)
+        return (b for b in self._loader(stream) if len(b["id"]))
+
+
+def open_shards(cfg: Config, *, rank: int, world_size: int, modalities: Sequence[str] = ()) -> ShardData:
+    return ShardData(cfg, rank=rank, world_size=world_size, modalities=modalities)
