@@ -310,10 +310,11 @@ def _run_tasks(todo: list[ShardPlan], out: Path, options_json: dict, records: di
             bar.update(len(plan.entries))
             bar.set_postfix(failed=failures)
     if failed_tasks:
+        complete = sum(1 for r in records.values() if r["ids"] and not r["errors"])
         raise EnvironmentProblem(
             f"{len(failed_tasks)} of {len(todo)} shard tasks failed for reasons that are not a video's (the "
-            f"{len(records)} finished shards are kept; fix the cause and run again to build the rest):\n"
-            + "\n".join(f"  {line}" for line in failed_tasks))
+            f"{complete} shards whose videos were all stored are kept; fix the cause and run again to build "
+            "the rest):\n" + "\n".join(f"  {line}" for line in failed_tasks))
 
 
 # --- manifest.json --------------------------------------------------------------------
