@@ -105,6 +105,8 @@ PYBIND11_MODULE(_native, m) {
       if (p) std::rethrow_exception(p);
     } catch (const FileMissing& e) {
       PyErr_SetString(PyExc_FileNotFoundError, e.what());
+    } catch (const FileUnreadable& e) {
+      PyErr_SetString(PyExc_PermissionError, e.what());
     } catch (const InvalidVideo& e) {
       PyErr_SetString(invalid.ptr(), e.what());
     } catch (const UnsupportedVideo& e) {

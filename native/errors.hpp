@@ -1,5 +1,5 @@
 // Error kinds the extractor raises. The bindings map each to the Python exception a
-// user expects (FileNotFoundError, ValueError subclasses, IndexError); the messages
+// user expects (FileNotFoundError, PermissionError, ValueError subclasses, IndexError); the messages
 // always name the file and, where FFmpeg said something, what it said.
 #pragma once
 
@@ -10,6 +10,11 @@ namespace cvpipe {
 
 // The path does not exist or cannot be read.
 struct FileMissing : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// The file exists but this process may not read it.
+struct FileUnreadable : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 

@@ -1,9 +1,13 @@
 #include "video_index.hpp"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
-#include <filesystem>
 #include <map>
+#include <stdexcept>
 
 #include "bitstream.hpp"
 #include "errors.hpp"
@@ -14,11 +18,29 @@ namespace {
 
 constexpr int kMaxDimension = 8191;  // 13-bit width and height fields in the VOL header
 
+const char* file_kind(mode_t mode) {
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISCHR(mode) || S_ISBLK(mode)) return "a device";
+  return "not a regular file";
+}
+
+// Only a regular file we may read goes to FFmpeg: a FIFO or a device would block the
+// demuxer forever, and a path that C sees shorter than Python does is another file.
 void check_readable(const std::string& path) {
-  std::error_code ec;
-  const auto status = std::filesystem::status(path, ec);
-  if (ec || !std::filesystem::exists(status)) throw FileMissing("No such file: '" + path + "'");
-  if (std::filesystem::is_directory(status)) throw InvalidVideo("'" + path + "' is a directory, not a video");
+  if (path.find('\0') != std::string::npos) {
+    throw std::invalid_argument("the path '" + std::string(path.c_str()) + "\\0...' holds a NUL byte");
+  }
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == EACCES) throw FileUnreadable("Permission denied: '" + path + "'");
+    throw FileMissing("No such file: '" + path + "'");
+  }
+  if (S_ISDIR(st.st_mode)) throw InvalidVideo("'" + path + "' is a directory, not a video");
+  if (!S_ISREG(st.st_mode)) {
+    throw InvalidVideo("'" + path + "' is " + file_kind(st.st_mode) + ", not a regular file: cvpipe reads video files only");
+  }
+  if (::access(path.c_str(), R_OK) != 0) throw FileUnreadable("Permission denied: '" + path + "'");
 }
 
 std::string codec_description(AVCodecID id) {
@@ -64,8 +86,15 @@ int VideoIndex::gop_end(int gop) const {
 VideoIndex index_video(const std::string& path) {
   check_readable(path);
 
+  // Local files only: the file protocol named explicitly, so that a file called
+  // "http:/host/x.m4v" is that file and not a request to host; the whitelist keeps any
+  // nested open of a demuxer from reaching another protocol.
+  const std::string url = "file:" + path;
   AVFormatContext* raw_fmt = nullptr;
-  int err = avformat_open_input(&raw_fmt, path.c_str(), nullptr, nullptr);
+  AVDictionary* options = nullptr;  // C calls only until it is freed: nothing can throw past it
+  av_dict_set(&options, "protocol_whitelist", "file", 0);
+  int err = avformat_open_input(&raw_fmt, url.c_str(), nullptr, &options);
+  av_dict_free(&options);
   if (err < 0) throw InvalidVideo("'" + path + "' is not a video FFmpeg can open: " + av_error_string(err));
   FormatContextPtr fmt(raw_fmt);
 

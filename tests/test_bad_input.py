@@ -4,6 +4,12 @@ bitstreams, out-of-range indices. Damage never costs the intact GOPs before it."
 
 from __future__ import annotations
 
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +152,85 @@ def test_corrupted_clip_gives_valid_output_or_a_clean_error(damageable, containe
         extract_per_gop(bad)
     except (cvpipe.InvalidVideoError, cvpipe.UnsupportedVideoError) as error:
         assert str(bad) in str(error)
+
+
+# --- Only regular local files reach FFmpeg (issue 10: security, hangs, clear errors) ----
+
+def _in_child(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`code` in a child Python with a deadline: a regression that blocks fails, not hangs."""
+    try:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still blocked after {timeout} s: {code}")
+
+
+def test_a_fifo_is_refused_at_once_naming_it(tmp_path):
+    fifo = tmp_path / "stream.m4v"
+    os.mkfifo(fifo)
+    done = _in_child(f"import cvpipe; cvpipe.open({str(fifo)!r})")
+    assert f"InvalidVideoError: '{fifo}' is a FIFO, not a regular file" in done.stderr, done.stderr
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    requests: list[str] = []
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        _Recorder.requests.append(self.path)
+        self.send_error(404)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_local_path_that_reads_as_a_url_is_opened_as_that_file(tmp_path, pan_clip, monkeypatch):
+    """A file named http:/127.0.0.1:PORT/x.m4v: FFmpeg would take the name for a URL and
+    ask the server; cvpipe opens the file, and the server hears nothing."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        name = f"http:/127.0.0.1:{server.server_address[1]}/x.m4v"
+        (tmp_path / name).parent.mkdir(parents=True)
+        shutil.copy(pan_clip, tmp_path / name)
+        monkeypatch.chdir(tmp_path)
+        video = cvpipe.open(name)
+        assert video.num_frames == cvpipe.open(pan_clip).num_frames
+        with pytest.raises(FileNotFoundError):
+            cvpipe.open(name.replace("x.m4v", "y.m4v"))   # no such file: not a download either
+    finally:
+        server.shutdown()
+    assert _Recorder.requests == []
+
+
+def test_a_path_with_a_nul_byte_is_refused(pan_clip):
+    with pytest.raises(ValueError, match="NUL byte"):
+        cvpipe.open(str(pan_clip) + "\0.extra")
+
+
+def test_an_unreadable_file_raises_permission_error(tmp_path, pan_clip):
+    locked = tmp_path / "locked.m4v"
+    shutil.copy(pan_clip, locked)
+    locked.chmod(0)
+    if os.geteuid() != 0:
+        with pytest.raises(PermissionError, match=str(locked)):
+            cvpipe.open(locked)
+        return
+    # Root reads everything: a forked child (the extension already loaded) drops to nobody.
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                cvpipe.open(locked)
+                outcome = "opened"
+            except Exception as e:  # noqa: BLE001 - reported to the parent
+                outcome = f"{type(e).__name__}: {e}"
+            os.write(write, outcome.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as f:
+        outcome = f.read()
+    assert outcome == f"PermissionError: Permission denied: '{locked}'", outcome

@@ -497,3 +497,13 @@ def test_cli_output_is_identical_across_processes(tmp_path):
                        env={**os.environ, "PYTHONHASHSEED": seed})
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1] and outputs[0].count(b'"split": "val"') == 3
+
+
+def test_a_fifo_listed_in_a_csv_is_refused_by_name(tmp_path, capsys):
+    root = make_folder(tmp_path)
+    fifo = root / "walk" / "live.mp4"
+    os.mkfifo(fifo)
+    table = tmp_path / "t.csv"
+    table.write_text(f"{fifo},walk\n{root}/walk/w1.MKV,walk\n")
+    assert main(["manifest", "csv", str(table), "--out", str(tmp_path / "m.jsonl")]) == 1
+    assert f"error: {table}:1: not a regular file {fifo}" in capsys.readouterr().err

@@ -311,3 +311,24 @@ def test_an_interrupted_driver_resumes_to_the_same_output(clean_run, shard_datas
     assert (result.kept, result.built, result.unwritten) == (3, 2, 1)
     assert _snapshot(out) == _snapshot(clean)
     assert not list(out.rglob("*.tmp-*"))
+
+
+def test_a_fifo_in_the_manifest_fails_alone_without_blocking_the_job(shard_dataset, tmp_path):
+    """In its own process with a deadline: a job that blocked on the FIFO fails the test."""
+    from cvpipe.datasets.manifest import ManifestEntry, write_manifest
+
+    fifo = tmp_path / "live.m4v"
+    os.mkfifo(fifo)
+    good = next(e for e in shard_dataset.entries if e.id == "pan_a")
+    manifest = tmp_path / "manifest.jsonl"
+    write_manifest([good, ManifestEntry("live", str(fifo), 1, "class1", "train")], manifest)
+    out = tmp_path / "shards"
+    try:
+        done = subprocess.run([sys.executable, "-m", "cvpipe.cli", "shard", "--manifest", str(manifest), "--out",
+                               str(out), "--workers", "1", "--no-progress"], capture_output=True, text=True,
+                              timeout=180, env=os.environ | {"RAY_AUTH_MODE": "disabled"})
+    except subprocess.TimeoutExpired:
+        pytest.fail("cvpipe shard blocked on a FIFO")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"failed: live ({fifo}): InvalidVideoError: '{fifo}' is a FIFO, not a regular file" in done.stderr
+    assert json.loads((out / "manifest.json").read_text())["totals"]["samples"] == 1

@@ -194,7 +194,9 @@ def build_manifest(source: Source, val_fraction: float = 0.0, test_fraction: flo
             errors.append(Problem(v.origin, f"duplicate id {vid!r}: {what} (first at {first.origin})"))
             continue
         if not os.path.isfile(v.path):
-            missing.append(Problem(v.origin, f"missing video file {v.path}"))
+            # A FIFO or a device would block whatever reads it later: refused here, by name.
+            what = "not a regular file" if os.path.exists(v.path) else "missing video file"
+            missing.append(Problem(v.origin, f"{what} {v.path}"))
             continue
         entries.append(ManifestEntry(vid, os.path.abspath(v.path), v.label, source.classes[v.label], v.split))
     if not allow_missing:
