@@ -410,13 +410,13 @@ def test_video_ids_are_keys_without_dots():
     assert video_id("Archery/v_Archery_g01_c01.m4v") == "Archery_v_Archery_g01_c01"
     assert video_id("./a b/c.d.e.mp4") == "a_b_c_d_e"
     assert video_id("/abs/x-1.avi") == "abs_x-1"
-    with pytest.raises(ValueError, match="contain no"):
+    with pytest.raises(ValueError, match="made of A-Z"):
         ManifestEntry("a.b", "a.b.avi", 0, "a", "train")
 
 
 def test_carve_split_leaves_other_splits_and_one_group(tmp_path):
-    videos = [SourceVideo(f"{i}", f"{i}", 0, "train", f"g{i // 2}", "") for i in range(6)]
-    videos.append(SourceVideo("t", "t", 0, "test", "g9", ""))
+    videos = [SourceVideo(f"{i}", f"{i}", 0, "train", f"g{i // 2}", "", ".") for i in range(6)]
+    videos.append(SourceVideo("t", "t", 0, "test", "g9", "", "."))
     carved = carve_split(videos, 0.99, "val")
     assert Counter(v.split for v in carved) == {"val": 4, "train": 2, "test": 1}
     assert len({v.group for v in carved if v.split == "train"}) == 1
@@ -424,12 +424,12 @@ def test_carve_split_leaves_other_splits_and_one_group(tmp_path):
 
 
 def test_manifest_round_trip(tmp_path):
-    entries = [ManifestEntry("a_b", "/v/a b.avi", 3, "Ärger", "val"), ManifestEntry("c", "c.m4v", 0, "x", "test")]
+    entries = [ManifestEntry("a_b", "/v/a b.avi", 1, "Ärger", "val"), ManifestEntry("c", "c.m4v", 0, "x", "test")]
     path = tmp_path / "m.jsonl"
     write_manifest(entries, path)
     assert read_manifest(path) == entries
     assert json.loads(path.read_text(encoding="utf-8").splitlines()[0]) == {
-        "id": "a_b", "path": "/v/a b.avi", "label": 3, "label_name": "Ärger", "split": "val"}
+        "id": "a_b", "path": "/v/a b.avi", "label": 1, "label_name": "Ärger", "split": "val"}
     assert not (tmp_path / "m.jsonl.tmp").exists()
     path.write_text(path.read_text() + '{"id": "x.y", "path": "p", "label": 0, "label_name": "x", "split": "train"}\n')
     with pytest.raises(ValueError, match=rf"{path}:3: bad manifest line"):
@@ -507,3 +507,60 @@ def test_a_fifo_listed_in_a_csv_is_refused_by_name(tmp_path, capsys):
     table.write_text(f"{fifo},walk\n{root}/walk/w1.MKV,walk\n")
     assert main(["manifest", "csv", str(table), "--out", str(tmp_path / "m.jsonl")]) == 1
     assert f"error: {table}:1: not a regular file {fifo}" in capsys.readouterr().err
+
+
+def test_listed_paths_outside_the_dataset_root_are_refused_by_line(tmp_path, capsys):
+    root = make_folder(tmp_path)
+    outside = root.parent / "outside.m4v"
+    outside.write_bytes(b"x")
+    table = root / "list.csv"
+    table.write_text(f"walk/w1.MKV,walk\n../outside.m4v,walk\n{outside},walk\n../../../../../../../etc/hostname,walk\n")
+    out = tmp_path / "m.jsonl"
+    assert main(["manifest", "csv", str(table), "--out", str(out)]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {table}:{n}: {path} is outside the dataset root {root} (--allow-outside-root takes it)"
+                      for n, path in ((2, root / "../outside.m4v"), (3, outside),
+                                      (4, root / "../../../../../../../etc/hostname"))]
+    assert not out.exists()
+    assert main(["manifest", "csv", str(table), "--out", str(out), "--allow-outside-root"]) == 0
+    assert sorted(e.path for e in read_manifest(out)) == sorted([str(root / "walk/w1.MKV"), str(outside), str(outside),
+                                                                "/etc/hostname"])
+
+
+BAD_LINES = {  # field overrides of a good line -> what the message says
+    '"id": "a\\u0000b"': "id 'a\\x00b' must be non-empty",
+    '"id": "a.b"': "id 'a.b' must be",
+    '"label": 1.5': "label 1.5 is not a class index",
+    '"label": true': "label True is not a class index",
+    '"label": "3"': "label '3' is not a class index",
+    '"label": null': "label None is not a class index",
+    '"label": -1': "label -1 is not a class index",
+    '"label": 1000000, "label_name": "jump"': "label 1000000 is not below the number of classes, 3",
+    '"label_name": "run"': "label 0 is named 'run', on line 1 'walk'",
+    '"label": 2, "label_name": "walk"': "class 'walk' has label 2, on line 1 0",
+    '"id": "v0"': "id 'v0' again (first on line 1)",
+    '"split": "dev"': "split 'dev' is not one of",
+}
+
+
+@pytest.mark.parametrize("override", list(BAD_LINES))
+def test_manifest_lines_are_checked_naming_the_line(tmp_path, override):
+    def line(vid, label, name, extra=""):
+        fields = f'"id": "{vid}", "path": "/v/{vid}.m4v", "label": {label}, "label_name": "{name}", "split": "train"'
+        return "{" + fields + (", " + extra if extra else "") + "}\n"
+
+    path = tmp_path / "m.jsonl"
+    # JSON takes the last value of a repeated key: the override wins.
+    path.write_text(line("v0", 0, "walk") + line("v1", 1, "run") + line("v2", 0, "walk", override))
+    with pytest.raises(ValueError) as raised:
+        read_manifest(path)
+    assert str(raised.value).startswith(f"{path}:3: "), raised.value
+    assert BAD_LINES[override] in str(raised.value)
+
+
+def test_a_manifest_that_is_not_utf8_is_named_with_its_line(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b'{"id": "v0", "path": "/v", "label": 0, "label_name": "walk", "split": "train"}\n'
+                     b'{"id": "v1", "path": "/v\xff", "label": 0, "label_name": "walk", "split": "train"}\n')
+    with pytest.raises(ValueError, match=rf"{path}:2: not UTF-8 text"):
+        read_manifest(path)

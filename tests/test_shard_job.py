@@ -332,3 +332,15 @@ def test_a_fifo_in_the_manifest_fails_alone_without_blocking_the_job(shard_datas
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"failed: live ({fifo}): InvalidVideoError: '{fifo}' is a FIFO, not a regular file" in done.stderr
     assert json.loads((out / "manifest.json").read_text())["totals"]["samples"] == 1
+
+
+def test_a_manifest_with_a_bad_label_is_refused_before_any_work(shard_dataset, tmp_path, capsys):
+    lines = shard_dataset.manifest.read_text().splitlines()
+    bad = json.loads(lines[0]) | {"label": "3"}
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("\n".join([json.dumps(bad), *lines[1:]]) + "\n")
+    out = tmp_path / "shards"
+    assert cli(["shard", "--manifest", str(manifest), "--out", str(out), "--no-progress"]) == 2
+    assert f"cvpipe shard: {manifest}:1: bad manifest line: manifest entry {bad['id']!r}: label '3' is not a class " \
+           "index" in capsys.readouterr().err
+    assert not out.exists()

@@ -305,4 +305,4 @@ def test_schema_imports_without_the_extension_ray_or_torch():
         print("loaded:", sorted(m for m in sys.modules if m.split(".")[0] in ("ray", "torch", "av", "cvpipe")))
     """)
     assert done.returncode == 0, done.stderr
-    assert "loaded: ['cvpipe', 'cvpipe.shards', 'cvpipe.shards.schema']" in done.stdout
+    assert "loaded: ['cvpipe', 'cvpipe.datasets', 'cvpipe.datasets.manifest', 'cvpipe.shards', 'cvpipe.shards.schema']" in done.stdout

@@ -3,7 +3,8 @@ as the project's JSONL manifest (id, path, label, label_name, split), validated.
 
 Every problem is printed with its file (and line); any error means no manifest is written
 and the exit status is 1. Missing video files are errors unless --allow-missing, which
-lists them and leaves them out. The last line is a summary.
+lists them and leaves them out; so are paths that lead outside the dataset root unless
+--allow-outside-root. The last line is a summary.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="fraction of each class's listed train videos moved to val (default: 0)")
     common.add_argument("--allow-missing", action="store_true",
                         help="leave out (and list) missing video files instead of failing")
+    common.add_argument("--allow-outside-root", action="store_true",
+                        help="take videos whose paths lead outside the dataset root (../x.avi, /abs/x.avi), "
+                             "which are errors by default")
 
     for name, dataset, splits_help in (
             ("ucf101", "UCF-101", "ucfTrainTestlist/: classInd.txt, trainlist0N.txt, testlist0N.txt"),
@@ -77,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         build = build_manifest(args.collect(args), val_fraction=args.val_fraction,
                                test_fraction=getattr(args, "test_fraction", 0.0),
-                               allow_missing=args.allow_missing)
+                               allow_missing=args.allow_missing, allow_outside_root=args.allow_outside_root)
     except ValueError as e:  # fractions that sum to 1 or more
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -16,26 +16,43 @@ import posixpath
 import re
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from typing import Iterable
 
 SPLITS = ("train", "val", "test")
+# The characters of an id: a manifest's, a WebDataset key and a tar member's stem alike
+# (no dot, which WebDataset splits keys at; no slash, space, control character or NUL).
+_ID_CHARS = "A-Za-z0-9_-"
+_ID = re.compile(f"[{_ID_CHARS}]+")
+
+
+def check_id(video_id: object) -> str:
+    """`video_id` if it is a valid id, else ValueError: the one rule for the manifest, the
+    shard writer and the shard reader."""
+    if not isinstance(video_id, str) or not _ID.fullmatch(video_id):
+        raise ValueError(f"id {video_id!r} must be non-empty and made of A-Z, a-z, 0-9, '_' and '-' only")
+    return video_id
 
 
 @dataclass(frozen=True)
 class ManifestEntry:
-    id: str          # unique, no dots
+    id: str          # unique, check_id's characters
     path: str        # the video file (absolute when made by build_manifest)
-    label: int       # class index, 0-based
+    label: int       # class index, 0-based, below the number of classes
     label_name: str
     split: str       # one of SPLITS
 
     def __post_init__(self) -> None:
-        if not self.id or "." in self.id or "/" in self.id:
-            raise ValueError(f"manifest id {self.id!r} must be non-empty and contain no '.' or '/'")
+        check_id(self.id)
+        if not isinstance(self.path, str) or not self.path:
+            raise ValueError(f"manifest entry {self.id!r}: path {self.path!r} is not a file name")
+        if type(self.label) is not int or self.label < 0:   # not bool, float or "3"
+            raise ValueError(f"manifest entry {self.id!r}: label {self.label!r} is not a class index "
+                             "(an integer 0, 1, ...)")
+        if not isinstance(self.label_name, str) or not self.label_name:
+            raise ValueError(f"manifest entry {self.id!r}: label_name {self.label_name!r} is not a class name")
         if self.split not in SPLITS:
             raise ValueError(f"manifest entry {self.id!r}: split {self.split!r} is not one of {SPLITS}")
-        if self.label < 0:
-            raise ValueError(f"manifest entry {self.id!r}: label {self.label} is negative")
 
 
 def write_manifest(entries: Iterable[ManifestEntry], path: str | os.PathLike) -> None:
@@ -48,17 +65,48 @@ def write_manifest(entries: Iterable[ManifestEntry], path: str | os.PathLike) ->
 
 
 def read_manifest(path: str | os.PathLike) -> list[ManifestEntry]:
-    """Reads a JSONL manifest; a malformed line raises ValueError naming the file and line."""
-    entries = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    """Reads a JSONL manifest and checks it as a whole: ids unique, one label per
+    label_name and back, labels below the number of classes (label names). Anything wrong
+    raises ValueError naming the file and line."""
+    with open(path, "rb") as f:
+        raw_lines = f.read().splitlines()
+    entries, lines = [], []
+    for number, raw in enumerate(raw_lines, 1):
+        try:
+            line = raw.decode("utf-8")
             if not line.strip():
                 continue
-            try:
-                entries.append(ManifestEntry(**json.loads(line)))
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"{path}:{number}: bad manifest line: {e}") from None
+            fields = json.loads(line)
+            if not isinstance(fields, dict):
+                raise ValueError(f"expected an object with {', '.join(f.name for f in dataclass_fields(ManifestEntry))}")
+            entries.append(ManifestEntry(**fields))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{number}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}:{number}: bad manifest line: {e}") from None
+        lines.append(number)
+    _check_whole(entries, lines, path)
     return entries
+
+
+def _check_whole(entries: list[ManifestEntry], lines: list[int], path: str | os.PathLike) -> None:
+    first_line: dict[str, int] = {}
+    name_of: dict[int, tuple[str, int]] = {}
+    label_of: dict[str, tuple[int, int]] = {}
+    for e, number in zip(entries, lines, strict=True):
+        if e.id in first_line:
+            raise ValueError(f"{path}:{number}: id {e.id!r} again (first on line {first_line[e.id]})")
+        first_line[e.id] = number
+        name, where = name_of.setdefault(e.label, (e.label_name, number))
+        if name != e.label_name:
+            raise ValueError(f"{path}:{number}: label {e.label} is named {e.label_name!r}, on line {where} {name!r}")
+        label, where = label_of.setdefault(e.label_name, (e.label, number))
+        if label != e.label:
+            raise ValueError(f"{path}:{number}: class {e.label_name!r} has label {e.label}, on line {where} {label}")
+    for e, number in zip(entries, lines, strict=True):
+        if e.label >= len(label_of):
+            raise ValueError(f"{path}:{number}: label {e.label} is not below the number of classes, "
+                             f"{len(label_of)} (the manifest names {len(label_of)} classes)")
 
 
 # --- Building a manifest from a dataset source -------------------------------------------
@@ -67,7 +115,7 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestEntry]:
 # records what it could not parse. `build_manifest` then does what every source needs
 # alike: carves val (and test) splits, derives ids, and validates the whole.
 
-_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_ID_UNSAFE = re.compile(f"[^{_ID_CHARS}]")
 
 
 def video_id(relative_path: str) -> str:
@@ -97,6 +145,7 @@ class SourceVideo:
     split: str
     group: str     # videos of one group (UCF-101's gXX, one HMDB-51 source film) share a side of a carved split
     origin: str    # where it was listed ("file:line" or the file itself), for messages
+    root: str      # the folder its path must stay inside (the dataset root the listing names)
 
 
 @dataclass
@@ -165,14 +214,22 @@ def carve_split(videos: list[SourceVideo], fraction: float, into: str,
             for v in videos]
 
 
+def _inside(path: str, root: str) -> bool:
+    """Whether `path` names a file under `root`, by its names (`..` resolved; symbolic links
+    inside the root, as datasets spread over disks use, are the user's to make)."""
+    path, root = os.path.abspath(path), os.path.abspath(root)
+    return os.path.commonpath([path, root]) == root
+
+
 def build_manifest(source: Source, val_fraction: float = 0.0, test_fraction: float = 0.0,
-                   allow_missing: bool = False) -> ManifestBuild:
+                   allow_missing: bool = False, allow_outside_root: bool = False) -> ManifestBuild:
     """Validates a source and turns it into manifest entries.
 
     Test (first) and val are carved from train, each fraction of the train videos as
     listed, before missing files are dropped: a video's split does not depend on which
     other files happen to be present. Errors:
-    the source's own (malformed lines, unknown classes), duplicate ids, missing video files
+    the source's own (malformed lines, unknown classes), duplicate ids, paths outside the
+    dataset root (`../x.avi`, `/etc/passwd`; unless `allow_outside_root`), missing video files
     (unless `allow_missing`: then they are left out and listed in `missing`), classes with
     no videos at all, no classes at all. Warnings: a class with no videos in a split that others have.
     """
@@ -192,6 +249,10 @@ def build_manifest(source: Source, val_fraction: float = 0.0, test_fraction: flo
         if first is not v:
             what = f"{v.path} listed twice" if v.path == first.path else f"{v.path} and {first.path}"
             errors.append(Problem(v.origin, f"duplicate id {vid!r}: {what} (first at {first.origin})"))
+            continue
+        if not allow_outside_root and not _inside(v.path, v.root):
+            errors.append(Problem(v.origin, f"{v.path} is outside the dataset root {v.root} "
+                                            "(--allow-outside-root takes it)"))
             continue
         if not os.path.isfile(v.path):
             # A FIFO or a device would block whatever reads it later: refused here, by name.

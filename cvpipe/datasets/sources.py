@@ -109,7 +109,7 @@ def ucf101(splits_dir: str | os.PathLike, video_root: str | os.PathLike, split_n
                                              f"directory {class_dir!r} (index {label + 1} in classInd.txt)"))
                 continue
             videos.append(SourceVideo(relative, os.path.join(video_root, _on_disk(relative, ext)), label,
-                                      split, f"{class_dir}/g{int(group[1]):02d}", where))
+                                      split, f"{class_dir}/g{int(group[1]):02d}", where, str(video_root)))
     return Source(str(splits_dir), classes, videos, errors)
 
 
@@ -154,7 +154,7 @@ def hmdb51(splits_dir: str | os.PathLike, video_root: str | os.PathLike, split_n
             relative = f"{class_name}/{parts[0]}"
             group = _hmdb_source_film(class_name, posixpath.splitext(parts[0])[0])
             videos.append(SourceVideo(relative, os.path.join(video_root, _on_disk(relative, ext)), label,
-                                      codes[parts[1]], group, where))
+                                      codes[parts[1]], group, where, str(video_root)))
     return Source(str(splits_dir), classes, videos, errors, unused=unused)
 
 
@@ -185,7 +185,7 @@ def folder(root: str | os.PathLike, extensions: Iterable[str] = VIDEO_EXTENSIONS
             for name in sorted(filter(is_video, filenames)):
                 path = os.path.join(dirpath, name)
                 relative = Path(path).relative_to(root).as_posix()
-                videos.append(SourceVideo(relative, path, label, "train", relative, path))
+                videos.append(SourceVideo(relative, path, label, "train", relative, path, str(root)))
     return Source(str(root), classes, videos, warnings=warnings)
 
 
@@ -260,6 +260,6 @@ def csv_files(paths: Sequence[str | os.PathLike], video_root: str | os.PathLike 
             errors.append(Problem(where, f"split {split!r} is not one of {', '.join(SPLITS)}"))
             continue
         relative = posixpath.normpath(row["path"].replace("\\", "/"))
-        path = os.path.join(video_root if video_root is not None else csv_path.parent, relative)
-        videos.append(SourceVideo(relative, path, label, split, relative, where))
+        root = video_root if video_root is not None else csv_path.parent
+        videos.append(SourceVideo(relative, os.path.join(root, relative), label, split, relative, where, str(root)))
     return Source(", ".join(map(str, paths)), classes, videos, errors)

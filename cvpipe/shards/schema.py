@@ -36,6 +36,8 @@ import numpy as np
 import zstandard
 from PIL import Image
 
+from cvpipe.datasets.manifest import check_id
+
 # Bump on any change a reader must know about (fields, names, encodings, quantisation).
 SCHEMA_VERSION = 1
 
@@ -196,15 +198,15 @@ def decode_member(kind: str, data: bytes, encoding: Encoding) -> np.ndarray:
 
 # --- Member names ---------------------------------------------------------------------
 
-_KEY = re.compile(r"[^./\s]+")
 _FIELD = re.compile(r"g(?P<gop>\d{4,})\.(?:(?P<iframe>iframe)|p(?P<pos>\d{2,})\.(?P<kind>mv|res))\.(?P<ext>.+)")
 
 
 def check_key(key: str) -> str:
-    """A WebDataset key: non-empty, no dots, slashes or whitespace."""
-    if not isinstance(key, str) or not _KEY.fullmatch(key):
-        raise ValueError(f"sample key {key!r} must be non-empty and contain no '.', '/' or whitespace")
-    return key
+    """A sample key: a manifest id (cvpipe.datasets.manifest.check_id's rule)."""
+    try:
+        return check_id(key)
+    except ValueError as e:
+        raise ValueError(f"sample key: {e}") from None
 
 
 def field_name(kind: str, gop: int, position: int, extension: str) -> str:
