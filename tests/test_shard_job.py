@@ -25,7 +25,8 @@ from cvpipe import coviar
 from cvpipe.cli import main as cli
 from cvpipe.shards import schema as ss
 from cvpipe.shards.cluster import EnvironmentProblem
-from cvpipe.shards.job import FAULT_KILL_ALWAYS_ENV, FAULT_KILL_ENV, FAULT_STALL_ENV, RECORDS_DIR, run_job
+from cvpipe.shards.job import FAULT_KILL_ALWAYS_ENV, FAULT_KILL_ENV, FAULT_STALL_ENV, run_job
+from cvpipe.shards.output import LOCK_NAME, RECORDS_DIR, OutputProblem
 from cvpipe.shards.verify import verify
 from cvpipe.shards.writer import ShardOptions
 
@@ -228,8 +229,11 @@ def test_resume_rebuilds_what_is_missing_changed_or_unfinished(clean_run, shard_
     (out / RECORDS_DIR / "val-000000.json").unlink()      # landed, but its record did not
     damaged = out / "test-000000.tar"                     # changed on disk since
     damaged.write_bytes(damaged.read_bytes()[:-1] + b"!")
-    (out / "train-000002.tar.tmp-0123abcd").write_bytes(b"half a shard")    # a dead attempt
-    shutil.copy(out / "train-000000.tar", out / "train-000007.tar")          # not in this plan
+    dead = f"train-000002.tar.tmp-{'0123abcd' * 4}"
+    (out / dead).write_bytes(b"half a shard")                                # a dead attempt
+    shutil.copy(out / "train-000000.tar", out / "train-000007.tar")          # another plan's shard
+    record = json.loads((out / RECORDS_DIR / "train-000000.json").read_text()) | {"name": "train-000007"}
+    (out / RECORDS_DIR / "train-000007.json").write_text(json.dumps(record))  # and its record
     source = Path(next(e.path for e in shard_dataset.entries if e.id == "pan_b"))   # train-000002's video
     source_times = source.stat()
     os.utime(source, ns=(source_times.st_atime_ns, source_times.st_mtime_ns + 10**9))   # "re-encoded"
@@ -240,7 +244,7 @@ def test_resume_rebuilds_what_is_missing_changed_or_unfinished(clean_run, shard_
     assert result.ok, result.report.problems
     # Each complete shard was damaged one way; the other two had failed videos.
     assert (result.kept, result.built, result.unwritten) == (0, 5, 1)
-    assert sorted(result.removed) == ["train-000002.tar.tmp-0123abcd", "train-000007.tar"]
+    assert sorted(result.removed) == ["records/train-000007.json", dead, "train-000007.tar"]
     assert _snapshot(out) == _snapshot(clean)
     assert not list(out.rglob("*.tmp-*"))
 
@@ -276,7 +280,7 @@ def test_workers_with_another_cvpipe_stop_the_job_before_anything_is_written(ray
     message = str(raised.value)
     assert "the Ray workers cannot run this job" in message
     assert f"the workers import cvpipe {installed}" in message and "the driver cvpipe 0.0.0+other" in message
-    assert not out.exists()
+    assert os.listdir(out) == [LOCK_NAME]   # the lock, nothing else
 
 
 def test_an_interrupted_driver_resumes_to_the_same_output(clean_run, shard_dataset, tmp_path):
@@ -344,3 +348,69 @@ def test_a_manifest_with_a_bad_label_is_refused_before_any_work(shard_dataset, t
     assert f"cvpipe shard: {manifest}:1: bad manifest line: manifest entry {bad['id']!r}: label '3' is not a class " \
            "index" in capsys.readouterr().err
     assert not out.exists()
+
+
+# --- The output folder: nothing deleted that the job did not write; one run at a time ---
+
+def test_files_the_job_did_not_write_stop_it_and_survive(clean_run, shard_dataset, tmp_path, capsys):
+    clean, _ = clean_run
+    out = Path(shutil.copytree(clean, tmp_path / "kept"))
+    mine = {"backup.tmp-2024": b"user's", "train-000099.tar": b"user's tar", "records/my_settings.json": b"{}",
+            "notes/today.txt": b"user's notes"}
+    for name, data in mine.items():
+        (out / name).parent.mkdir(exist_ok=True)
+        (out / name).write_bytes(data)
+    args = ["shard", "--manifest", str(shard_dataset.manifest), "--out", str(out), "--shard-size", str(SHARD_SIZE),
+            "--no-progress"]
+    assert cli(args) == 2
+    error = capsys.readouterr().err
+    assert f"{out} holds 4 file(s) cvpipe shard did not write" in error, error
+    for name in ("backup.tmp-2024", "train-000099.tar", "records/my_settings.json", "notes"):
+        assert f"\n  {name}\n" in error + "\n"
+    # --force goes on and leaves them; the stray tar is then what verification reports.
+    assert cli([*args, "--force"]) == 1
+    assert "train-000099.tar: a tar that manifest.json does not list" in capsys.readouterr().err
+    assert {name: (out / name).read_bytes() for name in mine} == mine
+
+
+def test_a_linked_records_folder_is_never_followed(clean_run, shard_dataset, tmp_path, capsys):
+    clean, _ = clean_run
+    out = Path(shutil.copytree(clean, tmp_path / "linked"))
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(out / RECORDS_DIR, elsewhere)
+    (elsewhere / "important.json").write_text('{"keep": true}')
+    (out / RECORDS_DIR).symlink_to(elsewhere)
+    before = {p.name: p.read_bytes() for p in elsewhere.iterdir()}
+    for force in ([], ["--force"]):
+        assert cli(["shard", "--manifest", str(shard_dataset.manifest), "--out", str(out), "--shard-size",
+                    str(SHARD_SIZE), "--no-progress", *force]) == 2
+        assert f"{out / RECORDS_DIR} is a symbolic link" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in elsewhere.iterdir()} == before
+
+
+def test_a_second_run_into_a_folder_in_use_refuses_naming_the_first(ray_cluster, shard_dataset, tmp_path):
+    """The first run (its own process) stalls in val-000000's task; a second run into the
+    same folder refuses at once, naming the first, and deletes nothing of it; the first,
+    interrupted, resumes to the clean output."""
+    out = tmp_path / "busy"
+    env = os.environ | {FAULT_STALL_ENV: "val-000000", "RAY_AUTH_MODE": "disabled"}
+    first = subprocess.Popen([sys.executable, "-m", "cvpipe.cli", "shard", "--manifest", str(shard_dataset.manifest),
+                              "--out", str(out), "--shard-size", str(SHARD_SIZE), "--workers", "2", "--no-progress"],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / RECORDS_DIR / "test-000000.json").exists():
+            assert first.poll() is None and time.monotonic() < deadline, "the first run ended or hung"
+            time.sleep(0.05)
+        before = sorted(p.relative_to(out) for p in out.rglob("*"))
+        with pytest.raises(OutputProblem, match=rf"{out} is in use by another cvpipe shard \(pid {first.pid} on "):
+            run_job(shard_dataset.manifest, out, shard_size=SHARD_SIZE, progress=False)
+        assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    result = run_job(shard_dataset.manifest, out, shard_size=SHARD_SIZE, progress=False)   # the lock is free again
+    assert result.ok, result.report.problems

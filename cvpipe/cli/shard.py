@@ -5,9 +5,10 @@ Ray: by default an embedded local cluster with --workers CPUs; `--ray-address au
 an address, or RAY_ADDRESS, as `ray job submit` sets it) joins an existing cluster. Exit
 status: 0 when every video is stored and the output verifies; 1 when a video failed
 (listed, and in manifest.json's errors; a run again retries it) or the verification
-fails; 2 for bad arguments, or workers that cannot run the job (another cvpipe, no
-compiled extension: nothing is recorded, fix it and run again); 130 when interrupted
-(run again to resume).
+fails; 2 for bad arguments, workers that cannot run the job (another cvpipe, no
+compiled extension: nothing is recorded, fix it and run again), or an output folder
+another run holds or that holds files the job did not write (see --force); 130 when
+interrupted (run again to resume).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 
 from cvpipe.shards.cluster import EnvironmentProblem
 from cvpipe.shards.job import DEFAULT_SHARD_SIZE, run_job, summary_table
+from cvpipe.shards.output import OutputProblem
 from cvpipe.shards.schema import DEFAULT_ENCODINGS, IFRAME, JPEG_QUALITY, MV, RESIDUAL, Encoding
 from cvpipe.shards.verify import failure_lines
 from cvpipe.shards.writer import ShardOptions
@@ -49,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"JPEG quality 1..95 for --iframe-format jpeg (default: {JPEG_QUALITY})")
     p.add_argument("--zstd-level", type=int, default=_ZSTD_LEVEL,
                    help=f"zstd level of the MV and residual members, 1..22 (default: {_ZSTD_LEVEL})")
+    p.add_argument("--force", action="store_true",
+                   help="go on although --out holds files cvpipe shard did not write (they are left alone)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -64,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = options_from_args(args)
         result = run_job(args.manifest, args.out, options, shard_size=args.shard_size, workers=args.workers,
-                         ray_address=args.ray_address, progress=not args.no_progress)
-    except (ValueError, OSError, EnvironmentProblem) as e:  # a bad manifest or option, a cluster that cannot run it
+                         ray_address=args.ray_address, progress=not args.no_progress, force=args.force)
+    except (ValueError, OSError, EnvironmentProblem, OutputProblem) as e:  # bad input, a cluster or folder that cannot take it
         print(f"cvpipe shard: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

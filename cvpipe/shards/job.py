@@ -31,9 +31,7 @@ Fault injection for tests, by shard name (without .tar), read by the driver:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
 import signal
 import time
 from collections import Counter, defaultdict
@@ -45,18 +43,17 @@ from tqdm import tqdm
 
 from cvpipe.datasets.manifest import SPLITS, ManifestEntry, read_manifest
 from cvpipe.shards.cluster import EnvironmentProblem, check_workers, connect, last_line
+from cvpipe.shards.output import FAULT_MARKER, RECORDS_DIR, clean, file_sha256, locked, read_record, records_dir
 from cvpipe.shards.schema import SCHEMA_VERSION
 from cvpipe.shards.verify import MANIFEST_NAME, VerifyReport, verify
 from cvpipe.shards.writer import ShardOptions, Timings, write_json_atomic, write_shard
 
-RECORDS_DIR = "records"
 FAULT_KILL_ENV = "CVPIPE_FAULT_KILL_ONCE"
 FAULT_KILL_ALWAYS_ENV = "CVPIPE_FAULT_KILL_ALWAYS"
 FAULT_STALL_ENV = "CVPIPE_FAULT_STALL"
 _FAULTS = {FAULT_KILL_ENV: "kill", FAULT_KILL_ALWAYS_ENV: "kill-always", FAULT_STALL_ENV: "stall"}
 DEFAULT_SHARD_SIZE = 32
 MAX_RETRIES = 3
-_SHARD_FILE = re.compile(rf"(?:{'|'.join(SPLITS)})-\d{{6}}\.tar")
 
 
 @dataclass(frozen=True)
@@ -135,7 +132,7 @@ def build_shard(plan: ShardPlan, out_dir: str, options: dict[str, Any], fault: s
 
 
 def _fault_hook(out: Path, name: str, fault: str | None) -> Callable[[int], None] | None:
-    marker = out / f".fault-killed-{name}"
+    marker = out / f"{FAULT_MARKER}{name}"
     if fault == "kill-always" or (fault == "kill" and not marker.exists()):
         def kill(samples_written: int) -> None:
             marker.touch()
@@ -157,49 +154,16 @@ def _fault_for(name: str) -> str | None:
 
 # --- Resume ---------------------------------------------------------------------------
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def kept_record(out: Path, plan: ShardPlan, options: dict[str, Any]) -> dict[str, Any] | None:
     """The record of a finished shard that this run can keep, or None to rebuild it. A
     shard with a failed video is never finished: a run again retries the video."""
-    try:
-        record = read_json(out / RECORDS_DIR / f"{plan.name}.json")
-    except (OSError, ValueError):
-        return None
-    if record.get("planned") != plan.fingerprint() or record.get("options") != options or record.get("errors"):
+    record = read_record(out / RECORDS_DIR / f"{plan.name}.json")
+    if record is None or record["planned"] != plan.fingerprint() or record["options"] != options or record["errors"]:
         return None
     tar = out / plan.tar_name
     if not tar.is_file() or tar.stat().st_size != record["bytes"] or file_sha256(tar) != record["sha256"]:
         return None
     return record
-
-
-def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def clean_output(out: Path, plans: Sequence[ShardPlan], fault_markers: bool = True) -> list[str]:
-    """Removes temporary files of dead attempts, and shards and records that the plan no
-    longer has (another --shard-size, a shrunk manifest); returns what it removed. The
-    fault injection's markers go too, unless `fault_markers` is False (the end of a run
-    leaves them, as evidence that the fault fired)."""
-    planned = {p.name for p in plans}
-    removed = []
-    candidates = [*out.glob("*.tmp-*"), *out.glob(f"{RECORDS_DIR}/*.tmp-*")]
-    candidates += list(out.glob(".fault-killed-*")) if fault_markers else []
-    candidates += [p for p in out.glob("*.tar") if _SHARD_FILE.fullmatch(p.name) and p.stem not in planned]
-    candidates += [p for p in out.glob(f"{RECORDS_DIR}/*.json") if p.stem not in planned]
-    for path in candidates:
-        path.unlink(missing_ok=True)
-        removed.append(str(path.relative_to(out)))
-    return removed
 
 
 @dataclass
@@ -225,11 +189,16 @@ class JobResult:
 
 def run_job(manifest: str | os.PathLike, out_dir: str | os.PathLike, options: ShardOptions = ShardOptions(),
             shard_size: int = DEFAULT_SHARD_SIZE, workers: int = 2, ray_address: str | None = None,
-            progress: bool = True) -> JobResult:
+            progress: bool = True, force: bool = False) -> JobResult:
     """Shards every video of `manifest` into `out_dir`; resumes what a previous run left.
+
+    Args:
+        force: go on although `out_dir` holds files the job did not write (left alone).
 
     Raises:
         ValueError: a bad manifest or options.
+        OutputProblem: another run holds `out_dir`, it holds files the job did not write
+            (without `force`), or its records/ is a link (cvpipe.shards.output).
         EnvironmentProblem: the workers cannot run the job (checked before anything is
             written), or shard tasks failed for reasons that are not a video's; the shards
             finished so far are kept for a run again, and no manifest.json is written.
@@ -237,14 +206,25 @@ def run_job(manifest: str | os.PathLike, out_dir: str | os.PathLike, options: Sh
     Video failures are recorded in manifest.json's errors, not raised. Check `result.ok`
     for the final verification.
     """
-    import ray
-
     started = time.perf_counter()
     manifest = Path(manifest).resolve()
     entries = read_manifest(manifest)
     plans = plan_shards(entries, shard_size)
     out = Path(out_dir)
-    options_json = options.to_json()
+    with locked(out):
+        result = _run_locked(manifest, entries, plans, out, options.to_json(), shard_size, workers, ray_address,
+                             progress, force)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _run_locked(manifest: Path, entries: Sequence[ManifestEntry], plans: Sequence[ShardPlan], out: Path,
+                options_json: dict[str, Any], shard_size: int, workers: int, ray_address: str | None,
+                progress: bool, force: bool) -> JobResult:
+    import ray
+
+    planned = {p.name for p in plans}
+    records_dir(out)   # refuses a linked records/ before reading a record through it
     records = {p.name: r for p in plans if (r := kept_record(out, p, options_json)) is not None}
     todo = [p for p in plans if p.name not in records]
     result = JobResult({}, VerifyReport(str(out)), kept=len(records), built_videos=sum(len(p.entries) for p in todo))
@@ -256,8 +236,7 @@ def run_job(manifest: str | os.PathLike, out_dir: str | os.PathLike, options: Sh
             started_ray = connect(ray_address, workers)
             check_workers()
             result.ray_seconds = time.perf_counter() - connecting
-        (out / RECORDS_DIR).mkdir(parents=True, exist_ok=True)
-        result.removed = clean_output(out, plans)
+        result.removed = clean(out, planned, force)
         if todo:
             # Until this run's manifest.json lands, the folder is not a finished output.
             (out / MANIFEST_NAME).unlink(missing_ok=True)
@@ -269,13 +248,12 @@ def run_job(manifest: str | os.PathLike, out_dir: str | os.PathLike, options: Sh
             stopping = time.perf_counter()
             ray.shutdown()
             result.ray_seconds += time.perf_counter() - stopping
-    clean_output(out, plans, fault_markers=False)
+    clean(out, planned, force=True, fault_markers=False)   # dead attempts' temporary files
 
     result.unwritten = sum(1 for r in records.values() if not r["ids"])
     result.manifest = output_manifest(manifest, entries, plans, records, options_json, shard_size)
     write_json_atomic(out / MANIFEST_NAME, result.manifest)
     result.report = verify(out, entries)
-    result.seconds = time.perf_counter() - started
     return result
 
 
