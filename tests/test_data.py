@@ -216,5 +216,5 @@ def test_the_trainer_runs_without_ffmpeg_or_ray(shards: Path, tmp_path: Path) ->
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "cvpipe modules: ['cvpipe', 'cvpipe.datasets', 'cvpipe.datasets.manifest', 'cvpipe.shards', 'cvpipe.shards.schema']" in done.stdout
+    assert "cvpipe modules: ['cvpipe', 'cvpipe.datasets', 'cvpipe.datasets.manifest', 'cvpipe.shards', 'cvpipe.shards.listing', 'cvpipe.shards.schema']" in done.stdout
     assert (tmp_path / "mv" / "best.pt").exists()

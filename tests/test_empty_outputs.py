@@ -1,9 +1,12 @@
-"""Success means success: a shard folder whose videos all failed, a split with no video and
-a folder without shards are errors that name the folder and what is missing, for
-`cvpipe verify` and for every `cvtrain` command that reads shards."""
+"""Success means success: a shard folder whose videos all failed, a split with no video, a
+folder without shards and a listing whose counts cannot be trusted are errors that name
+the folder and what is wrong, for `cvpipe verify` and for every `cvtrain` command that
+reads shards."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -101,3 +104,16 @@ def test_ic_training_without_shards_names_what_is_missing(tmp_path, capsys):
           "--set", f"ic.backbones={tmp_path}/{{modality}}.pt"]
     error = _cvtrain_error(ic, capsys)
     assert f"no shards at '{empty}'" in error and "manifest.json is missing" in error, error
+
+
+def test_training_refuses_a_listing_whose_counts_disagree_with_its_shards(mixed, tmp_path, capsys):
+    tampered = Path(shutil.copytree(mixed, tmp_path / "tampered"))
+    listing = json.loads((tampered / "manifest.json").read_text())
+    listing["splits"]["train"]["samples"] = 10**7   # an epoch of 10^7 videos
+    (tampered / "manifest.json").write_text(json.dumps(listing))
+    error = _cvtrain_error(_fit(tampered, tmp_path / "run"), capsys)
+    assert f"{tampered / 'manifest.json'}: its counts disagree with its own shard list" in error, error
+    assert "splits.train.samples is 10000000, its shards add up to 4" in error
+    (tampered / "manifest.json").write_text("{not json")
+    error = _cvtrain_error(_fit(tampered, tmp_path / "run"), capsys)
+    assert f"cvtrain: error: {tampered / 'manifest.json'}: not valid JSON" in error, error

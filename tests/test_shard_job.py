@@ -414,3 +414,28 @@ def test_a_second_run_into_a_folder_in_use_refuses_naming_the_first(ray_cluster,
             first.wait()
     result = run_job(shard_dataset.manifest, out, shard_size=SHARD_SIZE, progress=False)   # the lock is free again
     assert result.ok, result.report.problems
+
+
+TAMPERED = {  # (what to change in manifest.json) -> what verify says
+    "train samples": (lambda m: m["splits"]["train"].update(samples=10**7),
+                      "manifest.json: splits.train.samples is 10000000, its shards add up to 4"),
+    "total frames": (lambda m: m["totals"].update(frames=1),
+                     "manifest.json: totals.frames is 1, its shards add up to"),
+    "a class label": (lambda m: m["classes"][0].update(label=10**6),
+                      "manifest.json lists 0 train videos of class 0, the shards hold"),
+    "a shard's sha256": (lambda m: m["shards"][0].pop("sha256"),
+                         "manifest.json: shard train-000000.tar: sha256 missing or of the wrong type"),
+    "the shard list": (lambda m: m.pop("shards"), "manifest.json: 'shards' is missing or not a list"),
+}
+
+
+@pytest.mark.parametrize("change", list(TAMPERED))
+def test_verify_cross_checks_every_count_against_the_shards(clean_run, tmp_path, change, capsys):
+    clean, _ = clean_run
+    out = Path(shutil.copytree(clean, tmp_path / "tampered"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    tamper, says = TAMPERED[change]
+    tamper(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert cli(["verify", str(out)]) == 1
+    assert f"problem: {says}" in capsys.readouterr().out

@@ -2,8 +2,8 @@
 residuals) from WebDataset shards, on one CPU or many GPUs under torchrun.
 
 Separate from the preprocessing side: it imports torch, numpy, webdataset, matplotlib,
-tqdm and `cvpipe.shards.schema` only (no FFmpeg, no native extension, no Ray), so a GPU
-node needs none of those. Entry point: `cvtrain` (trainer.cli).
+tqdm and the shard format (`cvpipe.shards.schema`, `cvpipe.shards.listing`) only (no
+FFmpeg, no native extension, no Ray), so a GPU node needs none of those. Entry point: `cvtrain` (trainer.cli).
 
 The package reads as the pipeline, and imports run that way only:
 `data` (shards in, batches out) -> `models` -> `train` (checkpoints out) -> `analysis`

@@ -43,9 +43,10 @@ from tqdm import tqdm
 
 from cvpipe.datasets.manifest import SPLITS, ManifestEntry, read_manifest
 from cvpipe.shards.cluster import EnvironmentProblem, check_workers, connect, last_line
+from cvpipe.shards.listing import MANIFEST_NAME
 from cvpipe.shards.output import FAULT_MARKER, RECORDS_DIR, clean, file_sha256, locked, read_record, records_dir
 from cvpipe.shards.schema import SCHEMA_VERSION
-from cvpipe.shards.verify import MANIFEST_NAME, VerifyReport, verify
+from cvpipe.shards.verify import VerifyReport, verify
 from cvpipe.shards.writer import ShardOptions, Timings, write_json_atomic, write_shard
 
 FAULT_KILL_ENV = "CVPIPE_FAULT_KILL_ONCE"

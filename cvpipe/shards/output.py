@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cvpipe.datasets.manifest import SPLITS
-from cvpipe.shards.verify import MANIFEST_NAME
+from cvpipe.shards.listing import MANIFEST_NAME
 
 RECORDS_DIR = "records"
 LOCK_NAME = ".cvpipe-shard.lock"

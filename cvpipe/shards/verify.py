@@ -10,7 +10,6 @@ fields list exactly the members that follow it. `deep` also decodes every member
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tarfile
 from collections import Counter
@@ -18,10 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
-from cvpipe.datasets.manifest import ManifestEntry, read_manifest
+from cvpipe.datasets.manifest import SPLITS, ManifestEntry, read_manifest
+from cvpipe.shards.listing import MANIFEST_NAME, count_problems, read_listing, structure_problems
 from cvpipe.shards.schema import CHANNELS, HEADER_FIELD, SCHEMA_VERSION, Header, parse_field
-
-MANIFEST_NAME = "manifest.json"
 
 
 @dataclass
@@ -68,20 +66,11 @@ class _HashingReader:
             pass
 
 
-def read_output_manifest(directory: str | os.PathLike) -> dict:
-    path = Path(directory) / MANIFEST_NAME
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no manifest.json (is this a `cvpipe shard` output directory?)") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from None
-
-
-def scan_shard(path: Path, split: str | None = None, deep: bool = False) -> tuple[list[str], int, str, list[str]]:
+def scan_shard(path: Path, split: str | None = None, deep: bool = False,
+               labels: Counter[tuple[str, int]] | None = None) -> tuple[list[str], int, str, list[str]]:
     """Reads a tar once: (sample keys in order, bytes, sha256, problems found in it).
-    `split`: the split every sample's header must name (None: any)."""
+    `split`: the split every sample's header must name (None: any); `labels` counts the
+    headers' (split, label) pairs when given."""
     keys: list[str] = []
     problems: list[str] = []
     with open(path, "rb") as raw:
@@ -89,7 +78,7 @@ def scan_shard(path: Path, split: str | None = None, deep: bool = False) -> tupl
         end = None
         try:
             with tarfile.open(fileobj=reader, mode="r|") as tar:
-                sample = _SampleCheck(path.name, split, deep, problems)
+                sample = _SampleCheck(path.name, split, deep, problems, labels if labels is not None else Counter())
                 for info in tar:
                     data = tar.extractfile(info).read() if info.isfile() else b""
                     if len(data) != info.size:
@@ -118,8 +107,9 @@ def scan_shard(path: Path, split: str | None = None, deep: bool = False) -> tupl
 class _SampleCheck:
     """Follows the members of a tar: each sample is its header, then exactly its fields."""
 
-    def __init__(self, shard: str, split: str | None, deep: bool, problems: list[str]) -> None:
-        self.shard, self.split, self.deep, self.problems = shard, split, deep, problems
+    def __init__(self, shard: str, split: str | None, deep: bool, problems: list[str],
+                 labels: Counter[tuple[str, int]]) -> None:
+        self.shard, self.split, self.deep, self.problems, self.labels = shard, split, deep, problems, labels
         self.seen: set[str] = set()
         self.header: Header | None = None
         self.expected: list[str] = []
@@ -146,6 +136,7 @@ class _SampleCheck:
                 self.problems.append(f"{where}: header id {self.header.id!r} differs from the key")
             if self.split is not None and self.header.split != self.split:
                 self.problems.append(f"{where}: a {self.header.split} video in a {self.split} shard")
+            self.labels[self.header.split, self.header.label] += 1
             self.key, self.expected = key, self.header.fields()
             return key
         if self.header is None or key != self.key:
@@ -189,7 +180,7 @@ def verify(directory: str | os.PathLike, entries: Sequence[ManifestEntry] | None
     directory = Path(directory)
     report = VerifyReport(str(directory))
     try:
-        output = read_output_manifest(directory)
+        output = read_listing(directory)
     except (OSError, ValueError) as e:
         report.problems.append(str(e))
         return report
@@ -197,13 +188,20 @@ def verify(directory: str | os.PathLike, entries: Sequence[ManifestEntry] | None
         report.problems.append(f"manifest.json has schema version {output.get('schema_version')!r}, "
                                f"this cvpipe writes and reads {SCHEMA_VERSION}")
         return report
+    broken = structure_problems(output)
+    if broken:   # nothing below can be read from it
+        report.problems += [f"manifest.json: {p}" for p in broken]
+        return report
+    report.problems += [f"manifest.json: {p}" for p in count_problems(output)]
     if entries is None:
         entries = _source_entries(output["source"], report)
 
     placed: Counter[str] = Counter()
+    labels: Counter[tuple[str, int]] = Counter()
     for shard in output["shards"]:
-        _verify_shard(directory, shard, deep, report)
+        _verify_shard(directory, shard, deep, report, labels)
         placed.update(shard["ids"])
+    _check_classes(output["classes"], labels, report)
     failed = Counter(e["id"] for e in output["errors"])
     report.failed = list(output["errors"])
     for vid, n in (placed + failed).items():
@@ -238,13 +236,23 @@ def _source_entries(source: dict, report: VerifyReport) -> list[ManifestEntry] |
     return entries
 
 
-def _verify_shard(directory: Path, shard: dict, deep: bool, report: VerifyReport) -> None:
+def _check_classes(classes: list[dict], labels: Counter[tuple[str, int]], report: VerifyReport) -> None:
+    """manifest.json's per-class counts against the labels in the samples' headers."""
+    stated = Counter({(split, c["label"]): c[split] for c in classes for split in SPLITS if c[split]})
+    for split, label in sorted(set(stated) | set(labels)):
+        if stated[split, label] != labels[split, label]:
+            report.problems.append(f"manifest.json lists {stated[split, label]} {split} videos of class {label}, "
+                                   f"the shards hold {labels[split, label]}")
+
+
+def _verify_shard(directory: Path, shard: dict, deep: bool, report: VerifyReport,
+                  labels: Counter[tuple[str, int]]) -> None:
     name = shard["name"]
     path = directory / name
     if not path.is_file():
         report.problems.append(f"{name}: listed in manifest.json but missing")
         return
-    keys, size, digest, problems = scan_shard(path, shard["split"], deep)
+    keys, size, digest, problems = scan_shard(path, shard["split"], deep, labels)
     report.problems += problems
     report.shards += 1
     report.samples += len(keys)

@@ -21,7 +21,6 @@ and key, and the video is skipped and counted (`Batch["skipped"]`), never silent
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tarfile
@@ -35,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tar_file_iterator
 
-from cvpipe.shards import schema
+from cvpipe.shards import listing, schema
 from trainer.data.contract import Batch, DataError, per_rank_batch, steps_per_epoch
 from trainer.data.transforms import CROP_SCALES, draw_crop, test_views, train_view
 
@@ -66,15 +65,20 @@ class Sampling:
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
-    path = root / "manifest.json"
+    """The shard folder's manifest.json, if this trainer can read it and its counts (the
+    epoch lengths) agree with its shard list; DataError naming the folder otherwise."""
     try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no shards at '{root}': {path} is missing (run `cvpipe shard` first; "
-                                "a run that has not finished writes none)") from None
+        manifest = listing.read_listing(root)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    path = root / listing.MANIFEST_NAME
     if manifest.get("schema_version") != schema.SCHEMA_VERSION:
-        raise ValueError(f"{path}: shard schema version {manifest.get('schema_version')!r}; "
-                         f"this trainer reads version {schema.SCHEMA_VERSION}")
+        raise DataError(f"{path}: shard schema version {manifest.get('schema_version')!r}; "
+                        f"this trainer reads version {schema.SCHEMA_VERSION}")
+    problems = listing.count_problems(manifest)
+    if problems:
+        raise DataError(f"{path}: its counts disagree with its own shard list, so its epoch lengths cannot be "
+                        f"trusted ({'; '.join(problems[:3])}); `cvpipe verify {root}` shows all")
     return manifest
 
 
