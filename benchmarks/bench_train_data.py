@@ -290,7 +290,7 @@ def shard_breakdown(root: Path, sampling: Sampling, passes: int,
                 for segment in range(sampling.segments):
                     data = picked.members[modality, segment]
                     with watch(f"decode {modality} ({header.encodings[KIND[modality]].format})"):
-                        array = header.decode(KIND[modality], data)
+                        array = header.decode(picked.names[modality, segment], data)
                     with watch("augment + normalise"):
                         views.append(train_view(array, modality, sampling.size, crop)[None])
                     transform_parts(array, modality, sampling.size, crop, parts)

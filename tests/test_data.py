@@ -7,6 +7,7 @@ source video, quantised and normalised here with numpy as CoViAR's data loader d
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -21,8 +22,11 @@ import torch
 from cvpipe import coviar
 from cvpipe.shards import schema
 from trainer.config import load_config
+from trainer.data.contract import report_skipped
 from trainer.data.shard_reader import open_shards, read_manifest
 from trainer.data.transforms import flip
+from trainer.train.distributed import Dist
+from trainer.train.loop import fit
 
 SIZE = 56  # the test view of a 64x64 video: shorter side 56 * 256 / 224 = 64 (no resize), centre crop 56
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -158,7 +162,8 @@ def test_a_corrupt_member_is_reported_and_the_video_skipped(shards: Path, tmp_pa
     batches = list(data.eval_batches("val"))
     ids = [i for b in batches for i in b["id"]]
     assert victim not in ids and set(ids) == {i for s in manifest["shards"] if s["split"] == "val" for i in s["ids"]} - {victim}
-    assert sum(b["skipped"] for b in batches) == 1
+    assert capfd.readouterr().err == ""   # reported by whoever takes the batch, once
+    assert sum(report_skipped(b) for b in batches) == 1
     err = capfd.readouterr().err
     assert shard["name"] in err and victim in err and name.split(".", 1)[1].split(".")[0] in err
 
@@ -175,8 +180,10 @@ def test_a_truncated_shard_keeps_what_it_holds_and_reports_the_rest(shards: Path
         second = next(m for m in tar.getmembers() if m.name.startswith(shard["ids"][1] + "."))
     path.write_bytes(path.read_bytes()[:second.offset_data + 100])  # cut inside the second video
     data = open_shards(config(broken, "mv", read=read), rank=0, world_size=1)
-    ids = [i for b in data.eval_batches("train") for i in b["id"]]
+    batches = list(data.eval_batches("train"))
+    ids = [i for b in batches for i in b["id"]]
     assert shard["ids"][0] in ids and shard["ids"][1] not in ids
+    assert sum(report_skipped(b) for b in batches) >= 1
     assert shard["name"] in capfd.readouterr().err
 
 
@@ -218,3 +225,40 @@ def test_the_trainer_runs_without_ffmpeg_or_ray(shards: Path, tmp_path: Path) ->
     assert done.returncode == 0, done.stderr[-2000:]
     assert "cvpipe modules: ['cvpipe', 'cvpipe.datasets', 'cvpipe.datasets.manifest', 'cvpipe.shards', 'cvpipe.shards.listing', 'cvpipe.shards.schema']" in done.stdout
     assert (tmp_path / "mv" / "best.pt").exists()
+
+
+def test_one_flipped_bit_per_member_is_caught_counted_and_printed_once(shards: Path, tmp_path: Path, capfd) -> None:
+    """A bit flipped in every residual member of the first video of two of the three
+    training shards and of the validation shard: each is a corrupt member (CRC-32), the
+    video is skipped, and the epochs' train_skipped / val_skipped count exactly the skip
+    lines printed."""
+    broken = tmp_path / "shards"
+    shutil.copytree(shards, broken)
+    manifest = read_manifest(broken)
+    victims = []
+    for shard in [s for s in manifest["shards"] if s["split"] == "train"][1:] + \
+            [s for s in manifest["shards"] if s["split"] == "val"]:
+        victims.append(shard["ids"][0])
+
+        def flip_a_bit(name: str, data: bytes, victim=shard["ids"][0]) -> bytes:
+            if not (name.startswith(victim + ".") and ".res." in name):
+                return data
+            return data[:len(data) // 2] + bytes([data[len(data) // 2] ^ 0x10]) + data[len(data) // 2 + 1:]
+
+        _rewrite_member(shards / shard["name"], broken / shard["name"], flip_a_bit)
+    listing = json.loads((broken / "manifest.json").read_text())   # the tars changed: so do their sizes
+    for shard in listing["shards"]:
+        shard["bytes"] = (broken / shard["name"]).stat().st_size
+    (broken / "manifest.json").write_text(json.dumps(listing))
+    cfg = load_config("tiny_synth", [f"data.root={broken}", "model.modality=residual", f"data.input_size={SIZE}",
+                                     "data.workers=0", "optim.batch_size=2", "model.width=8", "optim.epochs=3",
+                                     "optim.lr_steps=[]", f"run.dir={tmp_path / 'run'}", "run.progress=false"])
+    capfd.readouterr()
+    fit(cfg, Dist(0, 1, 0, torch.device("cpu")))
+    err = capfd.readouterr().err
+    printed = [line for line in err.splitlines() if line.startswith("skipped ")]
+    assert all("is corrupt (CRC-32" in line and any(v in line for v in victims) for line in printed), printed
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    counted = sum(r["train_skipped"] + r["val_skipped"] for r in records)
+    assert counted == len(printed) and all(r["val_skipped"] == 1 for r in records)
+    assert sum(r["train_skipped"] for r in records) > 0

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cvpipe.datasets.manifest import SPLITS
+from cvpipe.shards.schema import READABLE_VERSIONS
 
 MANIFEST_NAME = "manifest.json"
 # Each shard entry's fields and types (bool is not an int here).
@@ -25,7 +26,8 @@ _SUMMED = ("samples", "frames", "bytes")
 
 
 def read_listing(directory: str | os.PathLike) -> dict[str, Any]:
-    """The parsed manifest.json of a shard folder; FileNotFoundError or ValueError naming it."""
+    """The parsed manifest.json of a shard folder in a schema version this cvpipe reads;
+    FileNotFoundError or ValueError naming it."""
     path = Path(directory) / MANIFEST_NAME
     try:
         with open(path, encoding="utf-8") as f:
@@ -37,6 +39,9 @@ def read_listing(directory: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(listing, dict):
         raise ValueError(f"{path}: not a JSON object")
+    if listing.get("schema_version") not in READABLE_VERSIONS:
+        raise ValueError(f"{path}: shard schema version {listing.get('schema_version')!r}; this cvpipe reads "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}")
     return listing
 
 

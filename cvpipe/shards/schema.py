@@ -14,7 +14,9 @@ name at the first dot, the rest is the sample's field). Fields:
     g0003.p05.res.npy.zst      accumulated residual at GOP 3, position 5
 
 The extension says the encoding and is recorded in the header too, so a reader builds
-field names with `Header.field` instead of listing the tar. Members of a sample are
+field names with `Header.field` instead of listing the tar. The header also lists the
+CRC-32 of every member's stored bytes (schema version 2), which `Header.decode` checks, so
+a flipped bit is a reported corrupt member, never a silently different array. Members of a sample are
 adjacent in the tar: the header first, then GOP by GOP the I-frame and, position by
 position, MV then residual.
 
@@ -28,7 +30,8 @@ from __future__ import annotations
 import io
 import json
 import re
-from dataclasses import asdict, dataclass, field
+import zlib
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
@@ -39,7 +42,10 @@ from PIL import Image
 from cvpipe.datasets.manifest import check_id
 
 # Bump on any change a reader must know about (fields, names, encodings, quantisation).
-SCHEMA_VERSION = 1
+# 2: each header lists a CRC-32 per member, which decoding checks. Version 1 shards (no
+# checksums) are still read.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 IFRAME, MV, RESIDUAL = "iframe", "mv", "res"
 KINDS = (IFRAME, MV, RESIDUAL)
@@ -285,10 +291,14 @@ class Header:
     encodings: dict[str, Encoding]   # kind -> Encoding
     accumulated: bool = True         # MV and residual traced back to the GOP's I-frame
     quantisation: dict[str, str] = field(default_factory=lambda: dict(QUANTISATION))
+    checksums: dict[str, int] = field(default_factory=dict)   # field -> CRC-32 of its stored bytes
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         check_key(self.id)
+        if self.schema_version not in READABLE_VERSIONS:
+            raise ValueError(f"{self.id}: schema version {self.schema_version!r}; this reader reads "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}")
         if len(self.positions) != len(self.gop_starts):
             raise ValueError(f"{self.id}: {len(self.positions)} position lists for {len(self.gop_starts)} GOPs")
         for gop, stored in enumerate(self.positions):
@@ -327,7 +337,22 @@ class Header:
                 names += [self.field(MV, gop, position), self.field(RESIDUAL, gop, position)]
         return names
 
-    def decode(self, kind: str, data: bytes) -> np.ndarray:
+    def with_checksums(self, members: dict[str, bytes]) -> Header:
+        """This header listing the CRC-32 of each of its members (all of `fields()`)."""
+        if sorted(members) != sorted(self.fields()):
+            raise ValueError(f"{self.id}: checksums for {len(members)} members, the header lists {len(self.fields())}")
+        return replace(self, checksums={name: zlib.crc32(data) for name, data in members.items()})
+
+    def decode(self, name: str, data: bytes) -> np.ndarray:
+        """The array of member `name` (a field of this header) from its stored bytes;
+        ValueError when they are not what was written (checksum) or do not decode."""
+        expected = self.checksums.get(name)
+        if expected is not None and zlib.crc32(data) != expected:
+            raise ValueError(f"{self.id}: member '{name}' is corrupt (CRC-32 {zlib.crc32(data):08x}, "
+                             f"written {expected:08x})")
+        if self.schema_version >= 2 and expected is None:
+            raise ValueError(f"{self.id}: member '{name}' is not one this header lists")
+        kind = parse_field(name)[0]
         return decode_member(kind, data, self.encodings[kind])
 
     # -- sampling: which stored member serves a frame index --
@@ -378,15 +403,19 @@ class Header:
         try:
             raw = json.loads(data)
             version = raw.get("schema_version")
-            if version != SCHEMA_VERSION:
-                raise ValueError(f"schema version {version!r}; this reader reads version {SCHEMA_VERSION}")
+            if version not in READABLE_VERSIONS:
+                raise ValueError(f"schema version {version!r}; this reader reads "
+                                 f"{', '.join(map(str, READABLE_VERSIONS))}")
             raw["fps"] = tuple(raw["fps"])
             raw["gop_starts"] = tuple(raw["gop_starts"])
             raw["positions"] = tuple(tuple(p) for p in raw["positions"])
             raw["encodings"] = {k: Encoding.from_json(e) for k, e in raw["encodings"].items()}
-            return cls(**raw)
+            header = cls(**raw)
         except (TypeError, KeyError, AttributeError, json.JSONDecodeError) as e:
             raise ValueError(f"malformed shard header: {e!r}") from None
+        if version >= 2 and sorted(header.checksums) != sorted(header.fields()):
+            raise ValueError(f"malformed shard header: {header.id}: checksums do not list its members")
+        return header
 
 
 def header_for(entry: Any, video: Any, position_spec: str, encodings: dict[str, Encoding]) -> Header:

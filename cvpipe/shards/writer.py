@@ -125,23 +125,22 @@ class _Clock:
         setattr(self.timings, self.stage, getattr(self.timings, self.stage) + time.perf_counter() - self.start)
 
 
-def sample_members(entry: ManifestEntry, options: ShardOptions, timings: Timings) -> tuple[Header, Iterator[tuple[str, bytes]]]:
-    """A video's header and its members as (field, bytes), header first.
-
-    The video is opened (and its header built) at once, so a file that does not open
-    fails here; the members are extracted lazily, a few GOPs per decode call.
-    """
+def sample_members(entry: ManifestEntry, options: ShardOptions, timings: Timings) -> tuple[Header, list[tuple[str, bytes]]]:
+    """A video's header and its members as (field, bytes), header first, all encoded (so
+    the header can list every member's checksum, and a failure leaves nothing half-made).
+    The members are extracted a few GOPs per decode call."""
     check_key(entry.id)
     with _Clock(timings, "extract"):
         video = cvpipe.open(entry.path)
         if video.num_frames == 0:
             raise ValueError(f"'{entry.path}' has no decodable frames")
         header = header_for(entry, video, options.positions, options.encodings)
-    return header, _members(video, header, timings)
+    members = list(_members(video, header, timings))
+    header = header.with_checksums(dict(members))
+    return header, [(HEADER_FIELD, header.to_json()), *members]
 
 
 def _members(video: cvpipe.Video, header: Header, timings: Timings) -> Iterator[tuple[str, bytes]]:
-    yield HEADER_FIELD, header.to_json()
     encodings = header.encodings
     for first in range(0, header.num_gops, GOPS_PER_CALL):
         gops = range(first, min(first + GOPS_PER_CALL, header.num_gops))
@@ -227,12 +226,10 @@ def write_shard(path: str | os.PathLike, entries: Sequence[ManifestEntry], optio
 
 
 def _add_sample(tar: tarfile.TarFile, entry: ManifestEntry, options: ShardOptions, result: ShardResult) -> None:
-    """Appends one video's members, or records why it failed. A video's members are all
-    encoded before the first is written, so a failure mid-video leaves no partial sample."""
+    """Appends one video's members, or records why it failed (no partial sample)."""
     timings = Timings()
     try:
         header, members = sample_members(entry, options, timings)
-        members = list(members)
         source_bytes = os.path.getsize(entry.path)
     except ENVIRONMENT_ERRORS:
         raise

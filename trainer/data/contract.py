@@ -28,6 +28,7 @@ Rules that make DDP and resuming exact:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, NotRequired, Protocol, TypedDict
 
@@ -50,7 +51,7 @@ class Batch(TypedDict):
     input: Tensor  # (B, S, C, H, W) float32
     label: Tensor  # (B,) int64
     id: list[str]
-    skipped: NotRequired[int]  # videos the source skipped (corrupt members) since the last batch
+    skipped: NotRequired[list[str]]  # why each video since the last batch was skipped (corrupt members)
     inputs: NotRequired[dict[str, Tensor]]  # every modality asked for, same frames and crops
 
 
@@ -78,6 +79,14 @@ def steps_per_epoch(train_videos: int, cfg: Config) -> int:
     """Steps in one epoch: one pass over the training videos' count at the global batch
     size (at least one). Every rank computes it from the same count, so all agree."""
     return max(1, train_videos // cfg.optim.batch_size)
+
+
+def report_skipped(batch: Batch) -> int:
+    """Prints why each video before this batch was skipped; returns how many. Reported by
+    whoever takes the batch, so every printed skip is a counted one."""
+    for problem in batch.get("skipped", ()):
+        print(f"skipped {problem}", file=sys.stderr)
+    return len(batch.get("skipped", ()))
 
 
 def require_split(data: DataModule, split: str, cfg: Config) -> None:

@@ -16,13 +16,13 @@ sees exactly the batches an uninterrupted one would. Evaluation splits the split
 shards over ranks and loader workers, each shard read by exactly one of them.
 
 A member that fails to decode, or a truncated tar, is reported on stderr with its shard
-and key, and the video is skipped and counted (`Batch["skipped"]`), never silently.
+and key, and the video is skipped: the next batch carries why (`Batch["skipped"]`), and
+whoever takes the batch prints and counts it (`report_skipped`), never silently.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import tarfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -72,9 +72,6 @@ def read_manifest(root: Path) -> dict[str, Any]:
     except ValueError as e:
         raise DataError(str(e)) from None
     path = root / listing.MANIFEST_NAME
-    if manifest.get("schema_version") != schema.SCHEMA_VERSION:
-        raise DataError(f"{path}: shard schema version {manifest.get('schema_version')!r}; "
-                        f"this trainer reads version {schema.SCHEMA_VERSION}")
     problems = listing.count_problems(manifest)
     if problems:
         raise DataError(f"{path}: its counts disagree with its own shard list, so its epoch lengths cannot be "
@@ -132,7 +129,7 @@ def video_inputs(picked: Picked, sampling: Sampling, rng: np.random.Generator | 
         views = []
         for segment in range(sampling.segments):
             try:
-                array = header.decode(KIND[modality], picked.members[modality, segment])
+                array = header.decode(picked.names[modality, segment], picked.members[modality, segment])
             except Exception as e:  # noqa: BLE001 - any decoder failure means a corrupt member
                 raise ShardProblem(f"{picked.where}: member '{picked.names[modality, segment]}' "
                                    f"does not decode: {e}") from None
@@ -241,19 +238,18 @@ class VideoStream(IterableDataset):
         while True:
             yield self.shards[rng.integers(len(self.shards))]
 
-    def _videos(self, shards, rng: np.random.Generator | None) -> Iterator[tuple[dict, int, str] | None]:
-        """(inputs, label, id) per usable video, None per skipped one."""
+    def _videos(self, shards, rng: np.random.Generator | None) -> Iterator[tuple[dict, int, str] | str]:
+        """(inputs, label, id) per usable video; per skipped one, why (shard, key, member)."""
         for picked in self._shuffled(self._picked(shards, rng), rng):
-            if picked is None:
-                yield None
+            if isinstance(picked, str):
+                yield picked
                 continue
             try:
                 yield video_inputs(picked, self.sampling, rng), picked.header.label, picked.header.id
             except ShardProblem as e:
-                print(f"skipped {e}", file=sys.stderr)
-                yield None
+                yield str(e)
 
-    def _picked(self, shards, rng: np.random.Generator | None) -> Iterator[Picked | None]:
+    def _picked(self, shards, rng: np.random.Generator | None) -> Iterator[Picked | str]:
         for shard in shards:
             try:
                 for key, sample in shard_samples(shard, self.sampling.read):
@@ -264,11 +260,9 @@ class VideoStream(IterableDataset):
                         yield pick(schema.Header.from_json(sample[schema.HEADER_FIELD]), sample, self.sampling,
                                    rng, where)
                     except (ShardProblem, ValueError, KeyError) as e:
-                        print(f"skipped {where}: {e}", file=sys.stderr)
-                        yield None
+                        yield f"{where}: {e}"
             except ShardProblem as e:
-                print(f"skipped the rest of {shard.name}: {e}", file=sys.stderr)
-                yield None
+                yield f"the rest of {shard.name}: {e}"
 
     def _shuffled(self, samples, rng: np.random.Generator | None):
         if rng is None or self.shuffle_buffer <= 1:
@@ -283,24 +277,25 @@ class VideoStream(IterableDataset):
             yield buffer.pop(rng.integers(len(buffer)))
 
     def _batches(self, videos) -> Iterator[Batch]:
-        inputs, labels, ids, skipped = [], [], [], 0
+        inputs, labels, ids, skipped = [], [], [], []
         for video in videos:
-            if video is None:
-                skipped += 1
+            if isinstance(video, str):
+                skipped.append(video)
                 # An endless stream over shards that are all broken would never yield.
-                if skipped > MAX_SKIPPED_IN_A_ROW:
-                    raise RuntimeError(f"{skipped} videos in a row could not be read (see the lines above)")
+                if len(skipped) > MAX_SKIPPED_IN_A_ROW:
+                    raise RuntimeError(f"{len(skipped)} videos in a row could not be read, e.g. {skipped[-1]}")
                 continue
             inputs.append(video[0])
             labels.append(video[1])
             ids.append(video[2])
             if len(inputs) == self.batch_size:
                 yield self._batch(inputs, labels, ids, skipped)
-                inputs, labels, ids, skipped = [], [], [], 0
+                inputs, labels, ids, skipped = [], [], [], []
         if inputs or skipped:
             yield self._batch(inputs, labels, ids, skipped)
 
-    def _batch(self, inputs: list[dict[str, torch.Tensor]], labels: list[int], ids: list[str], skipped: int) -> Batch:
+    def _batch(self, inputs: list[dict[str, torch.Tensor]], labels: list[int], ids: list[str],
+               skipped: list[str]) -> Batch:
         stacked = {m: torch.stack([i[m] for i in inputs]) if inputs else torch.empty(0) for m in self.sampling.modalities}
         batch: Batch = {"input": stacked[self.sampling.modalities[0]], "label": torch.tensor(labels, dtype=torch.int64),
                         "id": ids, "skipped": skipped}
@@ -358,12 +353,12 @@ class ShardData:
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         stream = VideoStream(self._shards("train"), self._sampling(True), self.batch_size, self.cfg.run.seed,
                              self.rank, epoch=epoch, shuffle_buffer=self.cfg.data.shuffle_buffer)
-        return (b for b in self._loader(stream) if len(b["id"]))
+        return iter(self._loader(stream))
 
     def eval_batches(self, split: str) -> Iterator[Batch]:
         shards = self._shards(split)[self.rank::self.world_size]
         stream = VideoStream(shards, self._sampling(False), self.batch_size, self.cfg.run.seed, self.rank)
-        return (b for b in self._loader(stream) if len(b["id"]))
+        return iter(self._loader(stream))
 
 
 def open_shards(cfg: Config, *, rank: int, world_size: int, modalities: Sequence[str] = ()) -> ShardData:

@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from trainer.config import Config, save_config
-from trainer.data.contract import Batch, DataModule, require_split
+from trainer.data.contract import Batch, DataModule, report_skipped, require_split
 from trainer.data.sources import open_data
 from trainer.models.networks import ModalityNet, load_pretrained
 from trainer.train import checkpoint, distributed
@@ -71,7 +71,7 @@ class EpochMeter:
             except StopIteration:
                 raise RuntimeError(f"the training loader ended after {step} of {self.steps} steps; "
                                    "it must be endless (resampled)") from None
-            self.sums[2] += batch.get("skipped", 0)
+            self.sums[2] += report_skipped(batch)
             yield batch
             if not self.bar.disable and (step % 10 == 0 or step == self.steps - 1):
                 loss, n, _, *hits = self.sums.tolist()

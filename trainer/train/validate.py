@@ -11,7 +11,7 @@ validation, `cvtrain logits`).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from trainer.data.contract import Batch
+from trainer.data.contract import Batch, report_skipped
 from trainer.models.exits import EXITS
 from trainer.models.heads import InternalClassifiers
 from trainer.models.networks import ModalityNet
@@ -46,6 +46,30 @@ def check_once(ids: Sequence[str], where: str) -> None:
     if duplicates:
         raise RuntimeError(f"{where}: {len(duplicates)} videos were evaluated more than once "
                            f"(e.g. {', '.join(duplicates[:5])}); the loader must split the videos over ranks")
+
+
+class _Videos:
+    """This rank's evaluation batches that hold videos, behind rank 0's progress bar; the
+    videos the loader skipped are reported and counted."""
+
+    def __init__(self, batches: Iterable[Batch], dist: Dist, desc: str, show: bool) -> None:
+        self.batches, self.dist, self.desc, self.show = batches, dist, desc, show
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in tqdm(self.batches, desc=self.desc, unit="batch", leave=False,
+                          disable=None if self.show and self.dist.is_main else True):
+            self.skipped += report_skipped(batch)
+            if batch["id"]:
+                yield batch
+
+    def finish(self, videos: int, expected: int) -> int:
+        """The skipped videos of all ranks; warns on rank 0 when not every video was scored."""
+        skipped = int(distributed.all_reduce_sum(torch.tensor(self.skipped, device=self.dist.device)).item())
+        if videos != expected and self.dist.is_main:
+            tqdm.write(f"warning: {self.desc}: {videos} of {expected} videos were evaluated, {skipped} skipped "
+                       "(the lines above say why)")
+        return skipped
 
 
 @torch.no_grad()
@@ -77,7 +101,8 @@ def evaluate_model(
     counts = Counts.zeros(num_classes, dist.device)
     ids: list[str] = []
     labels, logits, clip_logits = [], [], []
-    for batch in tqdm(batches, desc=desc, unit="batch", leave=False, disable=None if show and dist.is_main else True):
+    videos = _Videos(batches, dist, desc, show)
+    for batch in videos:
         x = batch["input"].to(dist.device, non_blocking=True)
         y = batch["label"].to(dist.device, non_blocking=True)
         with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -90,9 +115,7 @@ def evaluate_model(
             logits.append(video.cpu())
             clip_logits.append(clips.cpu())
     summary = counts.all_reduce().summary()
-    summary["expected_videos"] = expected
-    if summary["videos"] != expected and dist.is_main:
-        tqdm.write(f"warning: {desc}: {summary['videos']} of {expected} videos were evaluated")
+    summary.update(expected_videos=expected, skipped=videos.finish(summary["videos"], expected))
     out = Evaluation(summary, counts.confusion.cpu().numpy())
     if not gather:
         return out
@@ -162,7 +185,8 @@ def evaluate_exits(
     ids: list[str] = []
     labels: list[Tensor] = []
     logits: list[list[Tensor]] = [[] for _ in ic_sets]
-    for batch in tqdm(batches, desc=desc, unit="batch", leave=False, disable=None if show and dist.is_main else True):
+    videos = _Videos(batches, dist, desc, show)
+    for batch in videos:
         x = batch["input"].to(dist.device, non_blocking=True)
         y = batch["label"].to(dist.device, non_blocking=True)
         with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -181,9 +205,10 @@ def evaluate_exits(
     for i in range(len(ic_sets)):
         summaries = {name: c.all_reduce().summary() for name, c in zip(EXITS, counts[i], strict=True)}
         out.append(ExitEvaluation(summaries))
-    videos = out[0].summaries[EXITS[0]]["videos"]
-    if videos != expected and dist.is_main:
-        tqdm.write(f"warning: {desc}: {videos} of {expected} videos were evaluated")
+    skipped = videos.finish(out[0].summaries[EXITS[0]]["videos"], expected)
+    for ev in out:
+        for summary in ev.summaries.values():
+            summary["skipped"] = skipped
     if not gather:
         return out
     mine = (ids, torch.cat(labels).numpy() if labels else np.zeros(0, np.int64),
