@@ -50,10 +50,10 @@ def load(path: str | os.PathLike, gop_index: int, frame_index: int, representati
         2: residual, int32 (H, W, 3), BGR difference in [-255, 255].
         With `accumulate`, MV and residual are traced back to the GOP's I-frame.
     """
-    if representation not in (IFRAME, MV, RESIDUAL):
+    if isinstance(representation, bool) or representation not in (IFRAME, MV, RESIDUAL):
         raise ValueError(f"representation must be 0 (I-frame), 1 (MV) or 2 (residual), not {representation!r}")
     video = _open(path)
-    frame = video.frame_index(int(gop_index), int(frame_index))
+    frame = video.frame_index(gop_index, frame_index)
     if representation == IFRAME:
         return video.extract([frame], ("bgr",))["bgr"][0]
     suffix = "_accumulated" if accumulate else ""

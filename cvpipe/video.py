@@ -7,6 +7,7 @@ that hold the requested frames, each once, in a single pass, with the GIL releas
 
 from __future__ import annotations
 
+import operator
 import os
 from fractions import Fraction
 from typing import Iterable, Mapping, Sequence
@@ -30,6 +31,17 @@ BLOCK_DTYPE: np.dtype = _native.BLOCK_DTYPE
 REPRESENTATIONS: tuple[str, ...] = tuple(_native.REPRESENTATIONS) + ("intra_mask",)
 
 MACROBLOCK = 16
+
+
+def as_index(value: object, what: str) -> int:
+    """`value` as an index if it is an integer (Python's or numpy's); TypeError otherwise,
+    since 1.7, '3' or True taken for a frame would silently read another one."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{what} must be an integer, not a bool ({value!r})")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, not {type(value).__name__} ({value!r})") from None
 
 
 class Video:
@@ -62,12 +74,14 @@ class Video:
         return len(self.gop_starts)
 
     def gop_size(self, gop: int) -> int:
+        gop = as_index(gop, "a GOP index")
         self._check_gop(gop)
         end = self.gop_starts[gop + 1] if gop + 1 < self.num_gops else self.num_frames
         return end - self.gop_starts[gop]
 
     def frame_index(self, gop: int, position: int) -> int:
         """The frame at `position` within GOP `gop`; IndexError when either is out of range."""
+        gop, position = as_index(gop, "a GOP index"), as_index(position, "a GOP position")
         size = self.gop_size(gop)
         if not 0 <= position < size:
             raise IndexError(f"position {position} is out of range: GOP {gop} of '{self.path}' has {size} frames")
@@ -75,6 +89,7 @@ class Video:
 
     def locate(self, frame: int) -> tuple[int, int]:
         """(gop, position) of a frame index."""
+        frame = as_index(frame, "a frame index")
         if not 0 <= frame < self.num_frames:
             raise IndexError(f"frame {frame} is out of range: '{self.path}' has {self.num_frames} decodable frames")
         gop = int(np.searchsorted(self.gop_starts, frame, side="right")) - 1
@@ -122,7 +137,11 @@ class Video:
             Name -> array (N, H, W, C) for dense representations, or a list of N arrays
             for "blocks" (BLOCK_DTYPE) and "intra_mask" (bool, macroblock grid).
         """
-        requests = {name: [int(f) for f in frames] for name, frames in requests.items()}
+        requests = {name: [as_index(f, f"a frame index of {name!r}") for f in frames]
+                    for name, frames in requests.items()}
+        threads = as_index(threads, "threads")
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads}")
         unknown = set(requests) - set(REPRESENTATIONS)
         if unknown:
             raise ValueError(f"unknown representation(s) {sorted(unknown)}; valid: {', '.join(REPRESENTATIONS)}")

@@ -234,3 +234,24 @@ def test_an_unreadable_file_raises_permission_error(tmp_path, pan_clip):
     with os.fdopen(read) as f:
         outcome = f.read()
     assert outcome == f"PermissionError: Permission denied: '{locked}'", outcome
+
+
+@pytest.mark.parametrize("index", [1.7, np.float32(2.9), "3", True, None])
+def test_non_integer_indices_are_refused_not_truncated(vtest_clip, index):
+    video = cvpipe.open(vtest_clip)
+    calls = {"frame": lambda: video.extract([index], ("mv",)), "locate": lambda: video.locate(index),
+             "position": lambda: coviar.load(vtest_clip, 0, index, coviar.MV, True),
+             "gop": lambda: coviar.load(vtest_clip, index, 1, coviar.MV, True), "gop size": lambda: video.gop_size(index)}
+    for what, call in calls.items():
+        with pytest.raises(TypeError, match="must be an integer"):
+            call()
+    # numpy's integers are integers
+    assert video.extract([np.int64(3)], ("mv",))["mv"].shape[0] == 1
+    assert coviar.load(vtest_clip, np.int32(1), np.uint8(2), coviar.MV, True).shape[-1] == 2
+
+
+def test_threads_must_be_a_positive_integer(vtest_clip):
+    video = cvpipe.open(vtest_clip)
+    for threads, error in (("2", TypeError), (2.0, TypeError), (0, ValueError)):
+        with pytest.raises(error, match="threads"):
+            video.extract([1], ("mv",), threads=threads)
