@@ -186,6 +186,19 @@ VideoIndex index_video(const std::string& path) {
                        std::to_string(index.height) + " exceeds MPEG-4 Part 2's limit of " +
                        std::to_string(kMaxDimension));
   }
+  // An I-VOP codes every macroblock, each in well over one bit (MCBPC, CBPY and six DC
+  // sizes at the least), so the first one is held to that before the size drives the
+  // decoder's and the outputs' allocations: a forged VOL cannot make 300 bytes cost
+  // gigabytes. (Only the first: a later one cut short is a truncation, whose earlier GOPs
+  // stay readable.)
+  const size_t macroblocks = static_cast<size_t>((index.width + 15) / 16) * static_cast<size_t>((index.height + 15) / 16);
+  const size_t first_bytes = index.packets[index.gop_packets[0]].size;
+  if (first_bytes * 8 < macroblocks) {
+    throw InvalidVideo("'" + path + "': its header declares " + std::to_string(index.width) + "x" +
+                       std::to_string(index.height) + " (" + std::to_string(macroblocks) +
+                       " macroblocks), but its first I-VOP has only " + std::to_string(first_bytes) +
+                       " bytes, too few to code them (a corrupt or forged header)");
+  }
   return index;
 }
 

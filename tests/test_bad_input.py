@@ -255,3 +255,60 @@ def test_threads_must_be_a_positive_integer(vtest_clip):
     for threads, error in (("2", TypeError), (2.0, TypeError), (0, ValueError)):
         with pytest.raises(error, match="threads"):
             video.extract([1], ("mv",), threads=threads)
+
+
+def _declare_size(data: bytes, width: int, height: int) -> bytes:
+    """A raw m4v whose VOL headers (00 00 01 2x) declare width x height, nothing else changed:
+    the fields before them are walked as ISO 14496-2 6.2.3 lays them out."""
+    out = bytearray(data)
+    at = 0
+    while (at := out.find(b"\x00\x00\x01", at)) >= 0:
+        if 0x20 <= out[at + 3] <= 0x2F:
+            bits = "".join(f"{b:08b}" for b in out[at + 4:at + 40])
+            pos = 0
+
+            def read(n: int) -> int:
+                nonlocal pos
+                pos += n
+                return int(bits[pos - n:pos], 2)
+
+            read(9)                                   # random_accessible_vol, video_object_type_indication
+            if read(1):                               # is_object_layer_identifier: verid, priority
+                read(7)
+            if read(4) == 15:                         # aspect_ratio_info: an extended PAR follows
+                read(16)
+            if read(1):                               # vol_control_parameters
+                read(3)                               # chroma_format, low_delay
+                if read(1):                           # vbv_parameters
+                    read(79)
+            assert read(2) == 0, "a rectangular VOL"  # video_object_layer_shape
+            read(1)
+            resolution = read(16)                     # vop_time_increment_resolution
+            read(1)
+            if read(1):                               # fixed_vop_rate
+                read(max((resolution - 1).bit_length(), 1))
+            read(1)                                   # marker; then width, marker, height
+            bits = bits[:pos] + f"{width:013b}" + bits[pos + 13] + f"{height:013b}" + bits[pos + 27:]
+            out[at + 4:at + 40] = int(bits, 2).to_bytes(36, "big")
+        at += 4
+    return bytes(out)
+
+
+def test_a_forged_frame_size_is_refused_before_it_costs_memory(tmp_path):
+    """300 bytes whose VOL declares 8191x8191: refused at open, in a few tens of MiB
+    (before the check, opening and extracting it took 1.4 GiB)."""
+    small = tmp_path / "small.m4v"
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i", "color=gray:s=64x64:d=0.48:r=25",
+                    "-c:v", "mpeg4", "-g", "12", "-bf", "0", "-f", "m4v", str(small)], check=True)
+    forged = tmp_path / "forged.m4v"
+    forged.write_bytes(_declare_size(small.read_bytes(), 8191, 8191))
+    assert cvpipe.open(small).width == 64
+    done = _in_child(f"""
+import resource, cvpipe
+try:
+    cvpipe.open({str(forged)!r}).extract([0], ("bgr",))
+except cvpipe.InvalidVideoError as e:
+    print("refused:", e)
+print("peak MiB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)""")
+    assert "refused: " in done.stdout and "declares 8191x8191 (262144 macroblocks)" in done.stdout, done.stdout
+    assert int(done.stdout.split("peak MiB")[1]) < 300, done.stdout
