@@ -55,9 +55,27 @@ void BgrConverter::convert(const AVFrame& frame, BgrImage& image) {
     throw std::runtime_error("decoded frame rows are narrower than their macroblocks");
   }
   if (image.stride != stride_ || image.data.size() < static_cast<size_t>(stride_) * height_) image = make_image();
+  follow_colour_tags(frame);
   uint8_t* dst[4] = {image.data.data(), nullptr, nullptr, nullptr};
   int dst_stride[4] = {stride_, 0, 0, 0};
   sws_scale(sws_.get(), frame.data, frame.linesize, 0, height_, dst, dst_stride);
+}
+
+void BgrConverter::follow_colour_tags(const AVFrame& frame) {
+  if (frame.colorspace == colorspace_ && frame.color_range == range_) return;
+  // Only the source side changes; what swscale chose for BGR output stays. An untagged
+  // stream never gets here, so its conversion is swscale's default, bit for bit.
+  int *inv_table = nullptr, *table = nullptr;
+  int src_range = 0, dst_range = 0, brightness = 0, contrast = 0, saturation = 0;
+  if (sws_getColorspaceDetails(sws_.get(), &inv_table, &src_range, &table, &dst_range, &brightness, &contrast,
+                               &saturation) < 0 ||
+      sws_setColorspaceDetails(sws_.get(), sws_getCoefficients(frame.colorspace),
+                               frame.color_range == AVCOL_RANGE_JPEG, table, dst_range, brightness, contrast,
+                               saturation) < 0) {
+    throw std::runtime_error("swscale cannot take the frames' colour matrix and range");
+  }
+  colorspace_ = frame.colorspace;
+  range_ = frame.color_range;
 }
 
 void copy_bgr(const BgrImage& image, int width, int height, uint8_t* out) {

@@ -28,7 +28,9 @@ struct BgrImage {
   const uint8_t* row(int y) const { return data.data() + static_cast<size_t>(y) * stride; }
 };
 
-// YUV420P -> BGR24 the way CoViAR converts (swscale, bicubic).
+// YUV420P -> BGR24 the way CoViAR converts (swscale, bicubic), with the matrix and range
+// the frames are tagged with, as FFmpeg's command line converts them (untagged: BT.601,
+// limited range, CoViAR's case).
 // swscale's SIMD YUV->RGB path converts whole groups of 8 pixels and leaves the last
 // W % 8 columns unwritten (CoViAR's garbage columns at width 340). The decoder's frames
 // hold whole macroblocks, so we convert a width rounded up to 16, which those buffers
@@ -41,8 +43,12 @@ class BgrConverter {
   void convert(const AVFrame& frame, BgrImage& image);
 
  private:
+  void follow_colour_tags(const AVFrame& frame);
+
   int width_, height_, padded_width_, stride_;
   SwsPtr sws_;
+  AVColorSpace colorspace_ = AVCOL_SPC_UNSPECIFIED;  // what sws_ converts from
+  AVColorRange range_ = AVCOL_RANGE_UNSPECIFIED;
 };
 
 // Copies the W x H picture out of `image` into a tight (H, W, 3) array.

@@ -44,6 +44,10 @@ Decoder::Decoder(const VideoIndex& index, bool mv_only)
   }
   ctx_->width = index.width;
   ctx_->height = index.height;
+  // The container's colour tags, which the decoded frames then carry (a VOL that states
+  // its own overrides them).
+  ctx_->colorspace = static_cast<AVColorSpace>(index.color_space);
+  ctx_->color_range = static_cast<AVColorRange>(index.color_range);
   ctx_->thread_count = 1;
   ctx_->export_side_data |= AV_CODEC_EXPORT_DATA_MVS;
   ctx_->err_recognition = AV_EF_BITSTREAM | AV_EF_BUFFER | AV_EF_EXPLODE;

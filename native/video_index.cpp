@@ -162,6 +162,8 @@ VideoIndex index_video(const std::string& path) {
     throw InvalidVideo("'" + path + "': reading the container failed: " + av_error_string(err));
   }
 
+  index.color_space = par->color_space;
+  index.color_range = par->color_range;
   index.width = par->width > 0 ? par->width : vol.width;
   index.height = par->height > 0 ? par->height : vol.height;
   // The stream's own VOP timestamps are authoritative (a raw stream has nothing else, and

@@ -22,6 +22,8 @@ struct VideoIndex {
   int height = 0;
   int fps_num = 0;
   int fps_den = 1;
+  int color_space = 2;             // AVColorSpace the container tags (2: unspecified)
+  int color_range = 0;             // AVColorRange the container tags (0: unspecified)
   std::vector<uint8_t> extradata;  // VOS/VOL headers, from the container or the stream
   std::vector<uint8_t> data;       // packet payloads, each followed by zeroed padding
   std::vector<PacketSpan> packets; // from the first I-VOP on

@@ -6,6 +6,7 @@ at sizes that are not a multiple of 8 or 16."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,3 +155,35 @@ def test_block_arrays_hold_no_uninitialised_bytes(vtest_clip):
         blocks = video.extract(frames, representations)["blocks"]
         runs.append(b"".join(array.tobytes() for array in blocks))
     assert runs[0] == runs[1] == runs[2]
+
+
+@pytest.mark.parametrize("tags", [("bt709", "tv"), ("bt709", "pc"), ("smpte240m", "tv")])
+@pytest.mark.parametrize("container", ["mp4", "mkv"])
+def test_bgr_follows_the_streams_colour_tags_as_ffmpeg_does(tmp_path, container, tags):
+    vtest_source = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+    if not vtest_source.exists():
+        pytest.skip(f"{vtest_source} is missing (Debian package opencv-doc)")
+    """Phones and most MP4s tag BT.709: converted with BT.601 that was up to 3 levels off.
+    Tagged streams convert with their matrix and range, as the ffmpeg command line does;
+    untagged ones (CoViAR's m4v) stay on swscale's default (the test above)."""
+    matrix, value_range = tags
+    clip = tmp_path / f"tagged.{container}"
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", "-i", str(vtest_source), "-t", "1", "-vf", "scale=160:128",
+                    "-c:v", "mpeg4", "-q:v", "2", "-colorspace", matrix, "-color_primaries", matrix, "-color_trc", matrix,
+                    "-color_range", value_range, str(clip)], check=True)
+    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries",
+                            "stream=color_space,color_range", "-of", "csv=p=0", str(clip)],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert probe == f"{value_range},{matrix}", probe   # the container carries the tags
+    video = cvpipe.open(clip)
+    ours = video.extract(range(video.num_frames), ("bgr",))["bgr"]
+
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-threads", "1", "-i", str(clip), "-f", "rawvideo",
+                          "-pix_fmt", "bgr24", "-sws_flags", "bicubic", "-"], capture_output=True, check=True).stdout
+    np.testing.assert_array_equal(ours, np.frombuffer(raw, np.uint8).reshape(ours.shape))
+    # The same bitstream without the container's tags: the untagged conversion, and another result.
+    untagged = tmp_path / "untagged.m4v"
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", "-i", str(clip), "-c", "copy", "-bsf:v", "dump_extra",
+                    "-f", "m4v", str(untagged)], check=True)
+    plain = cvpipe.open(untagged)
+    assert np.abs(ours.astype(int) - plain.extract(range(plain.num_frames), ("bgr",))["bgr"]).max() >= 2
