@@ -314,3 +314,19 @@ peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM
 print("peak MiB", int(peak.split()[1]) // 1024)""")
     assert "refused: " in done.stdout and "declares 8191x8191 (262144 macroblocks)" in done.stdout, done.stdout
     assert int(done.stdout.split("peak MiB")[1]) < 300, done.stdout
+
+
+def test_show_names_what_is_wrong_without_a_traceback(tmp_path, pan_clip, capsys):
+    from cvpipe.cli import main
+
+    empty = tmp_path / "empty.m4v"
+    empty.write_bytes(b"")
+    cases = [([str(pan_clip), "--frame", "999", "--out", str(tmp_path / "a.png")], 1,
+              f"frame 999 is out of range: '{pan_clip}'"),
+             ([str(empty), "--out", str(tmp_path / "a.png")], 1, f"'{empty}'"),
+             ([str(pan_clip), "--out", str(tmp_path / "no" / "a.png")], 2, f"'{tmp_path / 'no'}', does not exist")]
+    for args, status, says in cases:
+        assert main(["show", *args]) == status
+        err = capsys.readouterr().err
+        assert err.startswith("cvpipe show: ") and says in err and "Traceback" not in err, err
+    assert not list(tmp_path.glob("*.png"))

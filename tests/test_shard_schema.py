@@ -343,3 +343,11 @@ def test_schema_imports_without_the_extension_ray_or_torch():
     """)
     assert done.returncode == 0, done.stderr
     assert "loaded: ['cvpipe', 'cvpipe.datasets', 'cvpipe.datasets.manifest', 'cvpipe.shards', 'cvpipe.shards.schema']" in done.stdout
+
+
+def test_a_member_that_does_not_decode_says_so_plainly():
+    data = ss.encode_member(ss.MV, np.zeros((8, 8, 2), np.uint8), ss.Encoding("npy"))
+    with pytest.raises(ValueError, match=r"256 bytes that do not decode as npy \(TokenError"):
+        ss.decode_member(ss.MV, data[:20] + b"((" + data[22:], ss.Encoding("npy"))
+    with pytest.raises(ValueError, match="do not decode as npy.zst"):
+        ss.decode_member(ss.MV, b"not zstd", ss.Encoding("npy.zst", level=3))

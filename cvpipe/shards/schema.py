@@ -189,14 +189,18 @@ def encode_member(kind: str, array: np.ndarray, encoding: Encoding) -> bytes:
 def decode_member(kind: str, data: bytes, encoding: Encoding) -> np.ndarray:
     """The array `encode_member` was given (for JPEG, its lossy approximation)."""
     check_encoding(kind, encoding)
-    if encoding.format in ("npy", "npy.zst"):
-        raw = data if encoding.format == "npy" else zstandard.ZstdDecompressor().decompress(data)
-        array = np.load(io.BytesIO(raw), allow_pickle=False)
-    else:
-        with Image.open(io.BytesIO(data)) as image:
-            array = np.asarray(image)
-        if kind == IFRAME:
-            array = array[..., ::-1]
+    try:
+        if encoding.format in ("npy", "npy.zst"):
+            raw = data if encoding.format == "npy" else zstandard.ZstdDecompressor().decompress(data)
+            array = np.load(io.BytesIO(raw), allow_pickle=False)
+        else:
+            with Image.open(io.BytesIO(data)) as image:
+                array = np.asarray(image)
+            if kind == IFRAME:
+                array = array[..., ::-1]
+    except Exception as e:  # noqa: BLE001 - zstd, numpy's header parser and Pillow raise many kinds
+        # numpy's parser says "('EOF in multi-line statement', (2, 0))": name what failed.
+        raise ValueError(f"{len(data)} bytes that do not decode as {encoding.format} ({type(e).__name__}: {e})") from None
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != CHANNELS[kind]:
         raise ValueError(f"decoded {kind} member is {array.shape} {array.dtype}, not (H, W, {CHANNELS[kind]}) uint8")
     return np.ascontiguousarray(array)
