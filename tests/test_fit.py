@@ -294,7 +294,15 @@ dir = "runs/x"
     (BASE.replace("epochs = 3", 'epochs = "3"'), r"optim\.epochs: expected int, got '3'"),
     (BASE.replace("epochs = 3", "epochs = 3.5"), r"optim\.epochs: expected int"),
     (BASE.replace("epochs = 3", "epochs = true"), r"optim\.epochs: expected int, got True"),
-    (BASE + "[data]\nnum_segments = 0\n", r"data\.num_segments: 0 is below the minimum 1"),
+    (BASE + "[data]\nnum_segments = 0\n", r"data\.num_segments: 0 must be at least 1"),
+    (BASE.replace("lr = 0.01", "lr = inf"), r"optim\.lr: inf is not a finite number"),
+    (BASE.replace("lr = 0.01", "lr = nan"), r"optim\.lr: nan is not a finite number"),
+    (BASE.replace("lr = 0.01", "lr = 0.01\nlr_mult_body = -0.5"), r"optim\.lr_mult_body: -0\.5 must be at least 0"),
+    (BASE.replace("lr = 0.01", "lr = 0.01\nlr_decay = -0.1"), r"optim\.lr_decay: -0\.1 must be above 0"),
+    (BASE.replace("lr = 0.01", "lr = 0.01\nlr_decay = 10"), r"optim\.lr_decay: 10\.0 must be at most 1"),
+    (BASE + "[data]\ncrop_scales = [-1, 5]\n", r"data\.crop_scales\[0\]: -1\.0 must be above 0"),
+    (BASE + "[data]\ncrop_scales = [0.5, 5]\n", r"data\.crop_scales\[1\]: 5\.0 must be at most 1"),
+    (BASE + "[wise]\ntaus = [0.5, 1.5]\n", r"wise\.taus\[1\]: 1\.5 must be at most 1"),
     (BASE.replace('"mv"', '"flow"'), r"model\.modality: 'flow' is not one of iframe, mv, residual"),
     (BASE + "[data.tensors]\nnoise = [1]\n", r"data\.tensors\.noise: expected float"),
     (BASE.replace("[run]\n", "[run]\nseed = 1\n").replace('dir = "runs/x"', ""), r"missing required key run\.dir"),
@@ -376,3 +384,37 @@ def test_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cvtrain(["eval", str(tmp_path)])
     assert e.value.code == 2 and "no training run here" in capsys.readouterr().err
+
+
+def test_resuming_under_another_config_is_refused_naming_the_keys(tmp_path):
+    run = tmp_path / "run"
+    fit(tiny(run, "optim.epochs=1"), CPU)
+    last = (run / "last.pt").read_bytes()
+    for changes, named in ((["optim.lr=0.1"], "optim.lr: 0.003 -> 0.1"),
+                           (["model.width=16"], "model.width: 8 -> 16"),
+                           (["model.modality=mv"], "model.modality: 'iframe' -> 'mv'"),
+                           (["data.root=/elsewhere"], "data.root: '' -> '/elsewhere'")):
+        with pytest.raises(FileExistsError, match="written under another config") as raised:
+            fit(tiny(run, "optim.epochs=2", *changes), CPU)
+        assert named in str(raised.value) and "run.force_resume=true" in str(raised.value)
+    assert (run / "last.pt").read_bytes() == last                     # nothing was touched
+    history = fit(tiny(run, "optim.epochs=2", "run.progress=true"), CPU)   # longer, chattier: the same run
+    assert [r["epoch"] for r in history] == [1, 2]
+    history = fit(tiny(run, "optim.epochs=3", "optim.lr=0.1", "run.force_resume=true"), CPU)
+    assert history[-1]["epoch"] == 3 and history[-1]["lr"] == pytest.approx(0.1)
+
+
+def test_a_loss_that_turns_non_finite_stops_the_run_before_its_checkpoints(tmp_path, capsys):
+    run = tmp_path / "run"
+    fit(tiny(run, "optim.epochs=1"), CPU)
+    saved = {name: (run / name).read_bytes() for name in ("last.pt", "best.pt")}
+    args = ["fit", "--config", str(tmp_path / "c.toml"), "--set", "optim.epochs=2", "--set", "optim.lr=1e30",
+            "--set", "run.force_resume=true"]
+    save_config(tiny(run, "optim.epochs=1"), tmp_path / "c.toml")
+    with pytest.raises(SystemExit) as raised:
+        cvtrain(args)
+    assert raised.value.code == 1
+    error = capsys.readouterr().err
+    assert "cvtrain: error: epoch 2, step " in error and "the training loss is not finite" in error, error
+    assert {name: (run / name).read_bytes() for name in saved} == saved
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1]

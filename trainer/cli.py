@@ -23,6 +23,7 @@ from trainer.analysis.evaluate import DEFAULT_FUSION_WEIGHTS, FUSION_SPACES
 from trainer.config import ConfigError, load_config
 from trainer.data.contract import MODALITIES, SPLITS, DataError
 from trainer.train import distributed
+from trainer.train.loop import TrainingDiverged
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -232,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ConfigError, DataError, FileNotFoundError, FileExistsError) as e:
         parser.exit(2, f"cvtrain: error: {e}\n")
+    except TrainingDiverged as e:
+        parser.exit(1, f"cvtrain: error: {e}\n")
 
 
 if __name__ == "__main__":

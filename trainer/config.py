@@ -38,8 +38,14 @@ def _choices(*values: object) -> dict:
     return {"choices": values}
 
 
+def _in_range(low: float | None = None, high: float | None = None, above: bool = False) -> dict:
+    """The value (every item of a list value) must be at least `low` (above it with
+    `above`) and at most `high`."""
+    return {"range": (low, high, above)}
+
+
 def _at_least(minimum: float) -> dict:
-    return {"min": minimum}
+    return _in_range(minimum)
 
 
 def _items_in(*values: object) -> dict:
@@ -75,7 +81,8 @@ class DataConfig:
     eval_segments: int = field(default=3, metadata=_at_least(1))  # segments per video in evaluation
     input_size: int = field(default=224, metadata=_at_least(16))
     workers: int = field(default=4, metadata=_at_least(0))  # data-loader processes per rank
-    crop_scales: list[float] = field(default_factory=list)  # training crop scales; [] = CoViAR's per modality
+    # training crop scales, fractions of the shorter side; [] = CoViAR's per modality
+    crop_scales: list[float] = field(default_factory=list, metadata=_in_range(0, 1, above=True))
     test_crops: int = field(default=1, metadata=_choices(1, 10))  # centre crop, or the ten-crop view
     flip: bool = True  # random horizontal flips in training (off where direction is the label)
     # "index": local tars, read headers then only the sampled members; "stream": every
@@ -92,13 +99,13 @@ class OptimConfig:
     lr: float = field(metadata=_at_least(0))
     epochs: int = field(metadata=_at_least(1))
     batch_size: int = field(metadata=_at_least(1))  # videos per step over all ranks
-    lr_steps: list[int] = field(default_factory=list)  # epochs where lr is multiplied by lr_decay
-    lr_decay: float = 0.1
+    lr_steps: list[int] = field(default_factory=list, metadata=_at_least(0))  # epochs where lr is multiplied by lr_decay
+    lr_decay: float = field(default=0.1, metadata=_in_range(0, 1, above=True))
     weight_decay: float = field(default=1e-4, metadata=_at_least(0))
     eps: float = field(default=1e-3, metadata=_at_least(0))
-    lr_mult_stem: float = 0.1  # conv1, bn1, data_bn of the MV and residual networks
-    lr_mult_body: float = 0.01
-    lr_mult_fc: float = 1.0
+    lr_mult_stem: float = field(default=0.1, metadata=_at_least(0))  # conv1, bn1, data_bn of the MV and residual nets
+    lr_mult_body: float = field(default=0.01, metadata=_at_least(0))
+    lr_mult_fc: float = field(default=1.0, metadata=_at_least(0))
     decay_norm: bool = True  # CoViAR decays BatchNorm weights (never biases)
 
 
@@ -109,6 +116,7 @@ class RunConfig:
     eval_every: int = field(default=1, metadata=_at_least(1))  # validate every N epochs (and the last)
     save_every: int = field(default=0, metadata=_at_least(0))  # keep a checkpoint every N epochs; 0 = never
     resume: bool = True  # continue from DIR/last.pt when it exists
+    force_resume: bool = False  # continue it even under a config that differs in what shapes results
     device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
     amp: bool = True  # bf16 autocast on CUDA
     channels_last: bool = True  # on CUDA
@@ -171,7 +179,7 @@ class WiseConfig:
     unpenalised: int = field(default=4, metadata=_at_least(0))
     clip_negative: bool = False  # clip negative weights to zero after each step (TEAM-Net variant)
     taus: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999,
-                                                       0.99999, 0.9999999, 1.0])
+                                                       0.99999, 0.9999999, 1.0], metadata=_in_range(0, 1))
     segments: SegmentCounts = field(default_factory=SegmentCounts)
 
 
@@ -210,6 +218,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and type(value) is float and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value!r} is not a finite number")
     if tp in (bool, int, float, str) and type(value) is tp:
         return value
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
@@ -237,11 +247,21 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
         bad = [v for v in value if v not in items] if items is not None else []
         if bad:
             raise ConfigError(f"{key}: {bad[0]!r} is not one of {', '.join(map(str, items))}")
-        minimum = f.metadata.get("min")
-        if minimum is not None and (value < minimum or (isinstance(value, float) and math.isnan(value))):
-            raise ConfigError(f"{key}: {value!r} is below the minimum {minimum}")
+        _check_range(key, value, f.metadata.get("range"))
         values[name] = value
     return cls(**values)
+
+
+def _check_range(key: str, value: Any, bounds: tuple | None) -> None:
+    if bounds is None:
+        return
+    low, high, above = bounds
+    for i, v in enumerate(value if isinstance(value, list) else [value]):
+        where = f"{key}[{i}]" if isinstance(value, list) else key
+        if low is not None and (v < low or (above and v == low)):
+            raise ConfigError(f"{where}: {v!r} must be {'above' if above else 'at least'} {low}")
+        if high is not None and v > high:
+            raise ConfigError(f"{where}: {v!r} must be at most {high}")
 
 
 def _field_type(path: list[str]) -> Any:

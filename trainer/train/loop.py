@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -48,6 +49,10 @@ from trainer.train.validate import evaluate_model
 METRICS = "metrics.jsonl"
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss turned NaN or infinite; the message names the epoch and step."""
+
+
 class EpochMeter:
     """Running sums of one training epoch, kept on the device (no sync per step) and
     averaged over ranks at the end. `wrap` takes exactly `steps` batches from an endless
@@ -60,6 +65,9 @@ class EpochMeter:
         self.exits = tuple(exits)
         # loss * n, n, skipped, then hits per exit
         self.sums = torch.zeros(3 + len(self.exits), dtype=torch.float64, device=dist.device)
+        # The first step whose loss was not finite (-1: none), kept on the device: no sync per step.
+        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=dist.device)
+        self.step = 0
         self.bar = tqdm(total=steps, desc=desc, unit="step", leave=False, disable=None if show and dist.is_main else True)
         self.start = time.perf_counter()
 
@@ -72,6 +80,7 @@ class EpochMeter:
                 raise RuntimeError(f"the training loader ended after {step} of {self.steps} steps; "
                                    "it must be endless (resampled)") from None
             self.sums[2] += report_skipped(batch)
+            self.step = step
             yield batch
             if not self.bar.disable and (step % 10 == 0 or step == self.steps - 1):
                 loss, n, _, *hits = self.sums.tolist()
@@ -84,13 +93,23 @@ class EpochMeter:
     def update(self, loss: Tensor, logits: Tensor, labels: Tensor) -> None:
         """logits: (B, K), or (B, E, K) for E named exits."""
         n = labels.shape[0]
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(bad, torch.tensor(self.step + 1, device=self.first_bad_step.device),
+                                          self.first_bad_step)
         hits = (logits.detach().argmax(-1) == labels.view(n, *[1] * (logits.dim() - 2))).reshape(n, -1).sum(0)
         self.sums[0] += loss.detach().double() * n
         self.sums[1] += n
         self.sums[3:] += hits
 
-    def result(self) -> dict[str, float]:
+    def result(self, epoch: int) -> dict[str, float]:
+        """The epoch's averages over ranks; TrainingDiverged if a loss was not finite."""
         loss, n, skipped, *hits = distributed.all_reduce_sum(self.sums).tolist()
+        if not math.isfinite(loss):   # summed over ranks: every rank stops together
+            step = int(self.first_bad_step.item())
+            where = f"step {step}" if step > 0 else "a step of another rank"
+            raise TrainingDiverged(f"epoch {epoch + 1}, {where} of {self.steps}: the training loss is not finite; "
+                                   "stopped before this epoch's checkpoints, so last.pt and best.pt are from the "
+                                   "epochs before (lower optim.lr?)")
         seconds = time.perf_counter() - self.start
         top1 = {f"train_{name}_top1" if name else "train_top1": h / n for name, h in zip(self.exits, hits, strict=True)}
         return {"train_loss": loss / n, **top1, "train_videos": int(n), "train_skipped": int(skipped),
@@ -158,7 +177,7 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
         meter.update(loss, logits, batch["label"].to(meter.dist.device))
-    return meter.result()
+    return meter.result(epoch)
 
 
 class BackboneTask:
@@ -232,6 +251,26 @@ def _write_metrics(path: Path, history: list[dict]) -> None:
     tmp.replace(path)
 
 
+# Keys a resumed run may change without changing what it computes (how long it runs, how
+# it shows progress, how many loader processes it uses, where it runs).
+RESUMABLE_CHANGES = {"optim.epochs", "run.dir", "run.resume", "run.force_resume", "run.progress", "run.save_every",
+                     "run.device", "run.compile", "data.workers"}
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """'key: old -> new' for every value of `current` that differs from `saved` (nested
+    dicts by dotted key), but for RESUMABLE_CHANGES."""
+    changes = []
+    for key in sorted(set(saved) | set(current)):
+        dotted = f"{prefix}{key}"
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += config_changes(old, new, f"{dotted}.")
+        elif old != new and dotted not in RESUMABLE_CHANGES:
+            changes.append(f"{dotted}: {old!r} -> {new!r}")
+    return changes
+
+
 def _resume(cfg: Config, run_dir: Path, task: Task, optimizer: torch.optim.Optimizer,
             dist: Dist) -> tuple[int, list[dict], dict[str, Tensor] | None]:
     """(first epoch to run, metrics history, the best weights so far): from last.pt and
@@ -243,6 +282,13 @@ def _resume(cfg: Config, run_dir: Path, task: Task, optimizer: torch.optim.Optim
         raise FileExistsError(f"{run_dir} already holds a run (last.pt); set run.resume=true to continue it "
                               "or choose another run.dir")
     state = checkpoint.load(last)
+    changed = config_changes(state.get("config", {}), dataclasses.asdict(cfg))
+    if changed and not cfg.run.force_resume:
+        raise FileExistsError(f"{last} was written under another config: {'; '.join(changed)}. Resume it anyway with "
+                              "--set run.force_resume=true (the new values apply from here on), or choose another "
+                              "run.dir")
+    if changed and dist.is_main:
+        tqdm.write(f"warning: resuming {run_dir} under a changed config: {'; '.join(changed)}")
     task.model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     task.best = state["best"]
