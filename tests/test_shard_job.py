@@ -445,3 +445,58 @@ def test_verify_cross_checks_every_count_against_the_shards(clean_run, tmp_path,
     (out / "manifest.json").write_text(json.dumps(manifest))
     assert cli(["verify", str(out)]) == 1
     assert f"problem: {says}" in capsys.readouterr().out
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """pid -> start time of every live descendant of `pid` (Linux /proc)."""
+    rows = {}
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{name}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        rows[int(name)] = (int(fields[1]), fields[19])
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, start) in rows.items():
+            if ppid == parent and child not in found:
+                found[child] = start
+                frontier.append(child)
+    return found
+
+
+def _alive(processes: dict[int, str]) -> list[int]:
+    alive = []
+    for pid, start in processes.items():
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19] == start:
+                alive.append(pid)
+        except OSError:
+            pass
+    return alive
+
+
+def test_the_embedded_cluster_ends_with_a_killed_driver(shard_dataset, tmp_path):
+    """SIGKILL of a `cvpipe shard` driver mid-job: every process of its embedded Ray
+    (raylet, GCS, the dashboard and runtime-env agents, workers) is gone soon after."""
+    out = tmp_path / "killed"
+    driver = subprocess.Popen([sys.executable, "-m", "cvpipe.cli", "shard", "--manifest", str(shard_dataset.manifest),
+                               "--out", str(out), "--shard-size", str(SHARD_SIZE), "--workers", "1", "--no-progress"],
+                              env=os.environ | {FAULT_STALL_ENV: "train-000000", "RAY_AUTH_MODE": "disabled"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("train-000000.tar.tmp-*")):   # the stalled task is running
+            assert driver.poll() is None and time.monotonic() < deadline, "the driver ended or hung"
+            time.sleep(0.1)
+        time.sleep(2)   # the agents are up by now
+        cluster = _descendants(driver.pid)
+        assert len(cluster) >= 4, cluster   # GCS, raylet, agents, a worker
+    finally:
+        driver.kill()
+        driver.wait()
+    deadline = time.monotonic() + 30
+    while _alive(cluster) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _alive(cluster), [Path(f"/proc/{p}/cmdline").read_bytes()[:60] for p in _alive(cluster)]

@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,28 +31,98 @@ class EnvironmentProblem(RuntimeError):
     """The cluster cannot run the job, whatever the videos are: fix it and run again."""
 
 
-def connect(address: str | None, workers: int) -> bool:
-    """Makes sure Ray is initialised; returns True if this call started it.
+def connect(address: str | None, workers: int) -> Callable[[], None] | None:
+    """Makes sure Ray is initialised; returns how to stop what this call started (None
+    when it started nothing).
 
     None or "local": a new local cluster with `workers` CPUs, dashboard and token auth
-    off (REFERENCE.md s.4). "auto" or an address: join that cluster, which has its own
-    CPU count. A Ray already initialised in this process (a test's, a Ray job's) is used.
+    off (REFERENCE.md s.4), whose processes end with this one however it ends (`_REAPER`).
+    "auto" or an address: join that cluster, which has its own CPU count. A Ray already
+    initialised in this process (a test's, a Ray job's) is used.
     """
     # Ray is imported where it is used: it takes about a second, and every `cvpipe`
     # subcommand loads this module through the command line's parser.
     import ray
 
     if ray.is_initialized():
-        return False
-    if address in (None, "", "local"):
-        if workers < 1:
-            raise ValueError(f"--workers {workers} must be at least 1")
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
-    else:
+        return None
+    if address not in (None, "", "local"):
         _check_reachable(address)
         ray.init(address=address, logging_level=logging.WARNING)
-    return True
+        return ray.shutdown
+    if workers < 1:
+        raise ValueError(f"--workers {workers} must be at least 1")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    before = _children(os.getpid())
+    ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
+    reaper = subprocess.Popen([sys.executable, "-c", _REAPER, *map(str, sorted(_children(os.getpid()) - before))],
+                              stdin=subprocess.PIPE, start_new_session=True)
+
+    def stop() -> None:
+        ray.shutdown()
+        reaper.stdin.close()   # the reaper then removes whatever Ray left behind
+        reaper.wait(timeout=60)
+
+    return stop
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    found = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+# The reaper: given the processes the embedded cluster started (its roots), it follows
+# their descendants once a second until the driver ends (its stdin closes, however the
+# driver ends: return, Ctrl-C, SIGKILL), then kills every one still alive (pid and start
+# time both matching, so a reused pid is spared). Ray's own reaper stops the roots, but the
+# dashboard and runtime-env agents the raylet starts (~200 MB) outlived a SIGKILLed driver.
+# It runs in a session of its own, so the terminal's Ctrl-C reaches the driver, not it.
+_REAPER = """
+import os, select, signal, sys
+
+def table():
+    rows = {}
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        rows[int(name)] = (int(fields[1]), fields[19])   # parent, start time
+    return rows
+
+def follow(rows, known):
+    grew = True
+    while grew:
+        new = {pid: start for pid, (parent, start) in rows.items()
+               if parent in known and pid not in known and pid != os.getpid()}
+        known.update(new)
+        grew = bool(new)
+
+rows = table()
+known = {pid: rows[pid][1] for pid in map(int, sys.argv[1:]) if pid in rows}
+while not select.select([sys.stdin], [], [], 1.0)[0]:
+    rows = table()
+    follow(rows, known)
+rows = table()
+follow(rows, known)
+for pid, start in known.items():
+    if pid in rows and rows[pid][1] == start:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+"""
 
 
 def _check_reachable(address: str) -> None:

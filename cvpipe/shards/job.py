@@ -222,19 +222,17 @@ def run_job(manifest: str | os.PathLike, out_dir: str | os.PathLike, options: Sh
 def _run_locked(manifest: Path, entries: Sequence[ManifestEntry], plans: Sequence[ShardPlan], out: Path,
                 options_json: dict[str, Any], shard_size: int, workers: int, ray_address: str | None,
                 progress: bool, force: bool) -> JobResult:
-    import ray
-
     planned = {p.name for p in plans}
     records_dir(out)   # refuses a linked records/ before reading a record through it
     records = {p.name: r for p in plans if (r := kept_record(out, p, options_json)) is not None}
     todo = [p for p in plans if p.name not in records]
     result = JobResult({}, VerifyReport(str(out)), kept=len(records), built_videos=sum(len(p.entries) for p in todo))
 
-    started_ray = False
+    stop_ray = None
     try:
         if todo:
             connecting = time.perf_counter()
-            started_ray = connect(ray_address, workers)
+            stop_ray = connect(ray_address, workers)
             check_workers()
             result.ray_seconds = time.perf_counter() - connecting
         result.removed = clean(out, planned, force)
@@ -245,9 +243,9 @@ def _run_locked(manifest: Path, entries: Sequence[ManifestEntry], plans: Sequenc
                        initial=sum(len(p.entries) for p in plans if p.name in records),
                        total=len(entries), progress=progress)
     finally:
-        if started_ray:
+        if stop_ray is not None:
             stopping = time.perf_counter()
-            ray.shutdown()
+            stop_ray()
             result.ray_seconds += time.perf_counter() - stopping
     clean(out, planned, force=True, fault_markers=False)   # dead attempts' temporary files
 
