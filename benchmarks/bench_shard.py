@@ -38,6 +38,7 @@ import zstandard
 import cvpipe
 from cvpipe.datasets.manifest import read_manifest, write_manifest
 from cvpipe.datasets.synth import SynthConfig, generate
+from cvpipe.shards import codec
 from cvpipe.shards import schema as ss
 from cvpipe.shards.job import run_job
 from cvpipe.shards.writer import ShardOptions
@@ -51,8 +52,8 @@ def _npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _schema_codec(kind: str, encoding: ss.Encoding) -> Codec:
-    return (lambda a: ss.encode_member(kind, a, encoding), lambda b: ss.decode_member(kind, b, encoding))
+def _schema_codec(kind: str, encoding: codec.Encoding) -> Codec:
+    return (lambda a: codec.encode_member(kind, a, encoding), lambda b: codec.decode_member(kind, b, encoding))
 
 
 def candidates(kind: str) -> dict[str, Codec]:
@@ -64,21 +65,21 @@ def candidates(kind: str) -> dict[str, Codec]:
     }
     if kind == ss.IFRAME:
         return {
-            "png, zlib 1 (default)": _schema_codec(kind, ss.Encoding("png", level=1)),
-            "png, zlib 6": _schema_codec(kind, ss.Encoding("png", level=6)),
-            "png, zlib 9": _schema_codec(kind, ss.Encoding("png", level=9)),
-            f"jpeg q{ss.JPEG_QUALITY} (lossy)": _schema_codec(kind, ss.Encoding("jpeg", quality=ss.JPEG_QUALITY)),
+            "png, zlib 1 (default)": _schema_codec(kind, codec.Encoding("png", level=1)),
+            "png, zlib 6": _schema_codec(kind, codec.Encoding("png", level=6)),
+            "png, zlib 9": _schema_codec(kind, codec.Encoding("png", level=9)),
+            f"jpeg q{codec.JPEG_QUALITY} (lossy)": _schema_codec(kind, codec.Encoding("jpeg", quality=codec.JPEG_QUALITY)),
             "npy + zstd 3": (lambda a: zstd3.compress(_npy(a)),
                              lambda b: np.load(io.BytesIO(zstandard.ZstdDecompressor().decompress(b)))),
             **others,
         }
     return {
-        "npy + zstd 3 (default)": _schema_codec(kind, ss.Encoding("npy.zst", level=3)),
-        "npy + zstd 1": _schema_codec(kind, ss.Encoding("npy.zst", level=1)),
-        "npy + zstd 9": _schema_codec(kind, ss.Encoding("npy.zst", level=9)),
-        "npy + zstd 19": _schema_codec(kind, ss.Encoding("npy.zst", level=19)),
-        "png, zlib 1": _schema_codec(kind, ss.Encoding("png", level=1)),
-        "png, zlib 6": _schema_codec(kind, ss.Encoding("png", level=6)),
+        "npy + zstd 3 (default)": _schema_codec(kind, codec.Encoding("npy.zst", level=3)),
+        "npy + zstd 1": _schema_codec(kind, codec.Encoding("npy.zst", level=1)),
+        "npy + zstd 9": _schema_codec(kind, codec.Encoding("npy.zst", level=9)),
+        "npy + zstd 19": _schema_codec(kind, codec.Encoding("npy.zst", level=19)),
+        "png, zlib 1": _schema_codec(kind, codec.Encoding("png", level=1)),
+        "png, zlib 6": _schema_codec(kind, codec.Encoding("png", level=6)),
         **others,
     }
 
@@ -90,8 +91,8 @@ def members_of(path: Path, frames: int = 48) -> dict[str, list[np.ndarray]]:
     i_frames = [f for f in video.gop_starts if f < frames]
     p_frames = [f for f in range(min(frames, video.num_frames)) if f not in set(video.gop_starts)]
     out = video.extract_each({"bgr": i_frames, "mv_accumulated": p_frames, "residual_accumulated": p_frames})
-    return {ss.IFRAME: list(out["bgr"]), ss.MV: list(ss.quantise_mv(out["mv_accumulated"])),
-            ss.RESIDUAL: list(ss.quantise_residual(out["residual_accumulated"]))}
+    return {ss.IFRAME: list(out["bgr"]), ss.MV: list(codec.quantise_mv(out["mv_accumulated"])),
+            ss.RESIDUAL: list(codec.quantise_residual(out["residual_accumulated"]))}
 
 
 def per_member(fn: Callable, items: list, repeats: int) -> tuple[float, list]:
@@ -156,8 +157,8 @@ def bytes_rows(name: str, manifest: Path, scratch: Path, shard_size: int) -> lis
     variants = {
         "default (all positions, png)": ShardOptions(),
         "every2 positions": ShardOptions(positions="every2"),
-        f"jpeg q{ss.JPEG_QUALITY} I-frames": ShardOptions(encodings=dict(ss.DEFAULT_ENCODINGS) | {
-            ss.IFRAME: ss.Encoding("jpeg", quality=ss.JPEG_QUALITY)}),
+        f"jpeg q{codec.JPEG_QUALITY} I-frames": ShardOptions(encodings=dict(codec.DEFAULT_ENCODINGS) | {
+            ss.IFRAME: codec.Encoding("jpeg", quality=codec.JPEG_QUALITY)}),
     }
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")

@@ -56,6 +56,7 @@ import torch.nn.functional as F  # noqa: E402
 import cvpipe  # noqa: E402
 from cvpipe import coviar  # noqa: E402
 from cvpipe.datasets.manifest import ManifestEntry, read_manifest, write_manifest  # noqa: E402
+from cvpipe.shards import codec  # noqa: E402
 from cvpipe.shards import schema as ss  # noqa: E402
 from trainer.config import Config, load_config  # noqa: E402
 from trainer.data.contract import INPUT_CHANNELS
@@ -223,8 +224,8 @@ def raw_sample(path: str, rng: np.random.Generator, sampling: Sampling, watch: S
         with watch("load residual (same decode)"):
             residual = coviar.load(path, gop, pos, coviar.RESIDUAL, True)
         with watch("quantise"):
-            arrays["mv"].append(ss.quantise_mv(mv))
-            arrays["residual"].append(ss.quantise_residual(residual))
+            arrays["mv"].append(codec.quantise_mv(mv))
+            arrays["residual"].append(codec.quantise_residual(residual))
     height, width = arrays["iframe"][0].shape[:2]
     crop = draw_crop(width, height, sampling.size, sampling.scales, rng, 0.5 if sampling.flip else 0.0)
     with watch("augment + normalise"):

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from cvpipe import coviar
-from cvpipe.shards import schema
+from cvpipe.shards import codec, schema
 from trainer.config import load_config
 from trainer.data.contract import report_skipped
 from trainer.data.shard_reader import open_shards, read_manifest
@@ -56,9 +56,9 @@ def coviar_reference(path: str, gop: int, position: int, modality: str) -> np.nd
         x = coviar.load(path, gop, 0, coviar.IFRAME, True)[..., ::-1] / 255.0
         x = (x - MEAN) / STD
     elif modality == "mv":
-        x = schema.quantise_mv(coviar.load(path, gop, position, coviar.MV, True)) / 255.0 - 0.5
+        x = codec.quantise_mv(coviar.load(path, gop, position, coviar.MV, True)) / 255.0 - 0.5
     else:
-        x = (schema.quantise_residual(coviar.load(path, gop, position, coviar.RESIDUAL, True)) / 255.0 - 0.5) / STD
+        x = (codec.quantise_residual(coviar.load(path, gop, position, coviar.RESIDUAL, True)) / 255.0 - 0.5) / STD
     offset = (x.shape[0] - SIZE) // 2
     return x[offset:offset + SIZE, offset:offset + SIZE].transpose(2, 0, 1).astype(np.float32)
 
@@ -223,7 +223,7 @@ def test_the_trainer_runs_without_ffmpeg_or_ray(shards: Path, tmp_path: Path) ->
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "cvpipe modules: ['cvpipe', 'cvpipe.datasets', 'cvpipe.datasets.manifest', 'cvpipe.shards', 'cvpipe.shards.listing', 'cvpipe.shards.schema']" in done.stdout
+    assert "cvpipe modules: ['cvpipe', 'cvpipe.datasets', 'cvpipe.datasets.manifest', 'cvpipe.shards', 'cvpipe.shards.codec', 'cvpipe.shards.listing', 'cvpipe.shards.schema']" in done.stdout
     assert (tmp_path / "mv" / "best.pt").exists()
 
 

@@ -24,6 +24,7 @@ import pytest
 import cvpipe
 from cvpipe import coviar
 from cvpipe.cli import main as cli
+from cvpipe.shards import codec
 from cvpipe.shards import schema as ss
 from cvpipe.shards.cluster import EnvironmentProblem
 from cvpipe.shards.job import FAULT_KILL_ALWAYS_ENV, FAULT_KILL_ENV, FAULT_STALL_ENV, run_job
@@ -120,9 +121,9 @@ def test_every_member_round_trips_to_coviar_load(clean_run, shard_dataset, vid):
         if kind == ss.IFRAME:
             expected = coviar.load(path, gop, pos, coviar.IFRAME, False)
         elif kind == ss.MV:
-            expected = ss.quantise_mv(coviar.load(path, gop, pos, coviar.MV, True))
+            expected = codec.quantise_mv(coviar.load(path, gop, pos, coviar.MV, True))
         else:
-            expected = ss.quantise_residual(coviar.load(path, gop, pos, coviar.RESIDUAL, True))
+            expected = codec.quantise_residual(coviar.load(path, gop, pos, coviar.RESIDUAL, True))
         assert np.array_equal(stored, expected), field
         checked[kind] += 1
     assert checked[ss.IFRAME] == video.num_gops
@@ -256,8 +257,8 @@ def test_resume_rebuilds_what_is_missing_changed_or_unfinished(clean_run, shard_
 def test_other_options_rebuild_every_shard(clean_run, shard_dataset, tmp_path):
     clean, _ = clean_run
     out = Path(shutil.copytree(clean, tmp_path / "every2"))
-    options = ShardOptions(positions="every2", encodings=dict(ss.DEFAULT_ENCODINGS) | {
-        ss.IFRAME: ss.Encoding("jpeg", quality=90)})
+    options = ShardOptions(positions="every2", encodings=dict(codec.DEFAULT_ENCODINGS) | {
+        ss.IFRAME: codec.Encoding("jpeg", quality=90)})
     result = run_job(shard_dataset.manifest, out, options, shard_size=SHARD_SIZE, progress=False)
     assert result.ok, result.report.problems
     assert (result.kept, result.built, result.unwritten) == (0, len(PLANNED) - 1, 1)

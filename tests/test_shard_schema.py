@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cvpipe.shards import codec
 from cvpipe.shards import schema as ss
 
 # --- quantisation -----------------------------------------------------------------------
@@ -30,33 +31,33 @@ def _coviar_mv_reference(v: int) -> int:
 def test_quantise_mv_matches_coviar_over_the_whole_range(dtype):
     values = np.arange(-300, 301, dtype=dtype)
     expected = np.array([_coviar_mv_reference(int(v)) for v in values], dtype=np.uint8)
-    assert np.array_equal(ss.quantise_mv(values), expected)
+    assert np.array_equal(codec.quantise_mv(values), expected)
 
 
 def test_quantise_mv_truncates_negative_products_toward_zero():
     # -1 * 6.375 = -6.375: truncation gives -6 (122), floor would give -7 (121).
     mv = np.array([-1, -3, -20, -21, 1, 3, 20, 21, 0], dtype=np.int16)
-    assert ss.quantise_mv(mv).tolist() == [122, 109, 1, 0, 134, 147, 255, 255, 128]
+    assert codec.quantise_mv(mv).tolist() == [122, 109, 1, 0, 134, 147, 255, 255, 128]
 
 
 def test_quantise_mv_extremes_do_not_overflow():
     mv = np.array([np.iinfo(np.int16).min, np.iinfo(np.int16).max, -4096, 4096], dtype=np.int16)
-    assert ss.quantise_mv(mv).tolist() == [0, 255, 0, 255]
-    assert ss.quantise_mv(np.array([-(2**31), 2**31 - 1], dtype=np.int32)).tolist() == [0, 255]
+    assert codec.quantise_mv(mv).tolist() == [0, 255, 0, 255]
+    assert codec.quantise_mv(np.array([-(2**31), 2**31 - 1], dtype=np.int32)).tolist() == [0, 255]
 
 
 def test_quantise_residual_matches_coviar():
     res = np.arange(-300, 301, dtype=np.int16)
-    assert np.array_equal(ss.quantise_residual(res), np.clip(res.astype(np.int64) + 128, 0, 255).astype(np.uint8))
-    assert ss.quantise_residual(np.array([-255, -128, -127, 0, 127, 128, 255], np.int32)).tolist() == \
+    assert np.array_equal(codec.quantise_residual(res), np.clip(res.astype(np.int64) + 128, 0, 255).astype(np.uint8))
+    assert codec.quantise_residual(np.array([-255, -128, -127, 0, 127, 128, 255], np.int32)).tolist() == \
         [0, 0, 1, 128, 255, 255, 255]
 
 
 def test_quantise_refuses_floats():
     with pytest.raises(TypeError, match="integers"):
-        ss.quantise_mv(np.array([0.5]))
+        codec.quantise_mv(np.array([0.5]))
     with pytest.raises(TypeError, match="integers"):
-        ss.quantise_residual(np.array([0.5]))
+        codec.quantise_residual(np.array([0.5]))
 
 
 # --- member encodings -------------------------------------------------------------------
@@ -71,18 +72,18 @@ def _smooth(shape: tuple[int, ...], seed: int) -> np.ndarray:
 
 
 LOSSLESS = [(kind, encoding) for kind, encodings in {
-    ss.IFRAME: [ss.Encoding("png", level=0), ss.Encoding("png", level=9)],
-    ss.MV: [ss.Encoding("npy.zst", level=1), ss.Encoding("npy.zst", level=19), ss.Encoding("npy"),
-            ss.Encoding("png", level=6)],
-    ss.RESIDUAL: [ss.Encoding("npy.zst", level=3), ss.Encoding("npy"), ss.Encoding("png", level=1)],
+    ss.IFRAME: [codec.Encoding("png", level=0), codec.Encoding("png", level=9)],
+    ss.MV: [codec.Encoding("npy.zst", level=1), codec.Encoding("npy.zst", level=19), codec.Encoding("npy"),
+            codec.Encoding("png", level=6)],
+    ss.RESIDUAL: [codec.Encoding("npy.zst", level=3), codec.Encoding("npy"), codec.Encoding("png", level=1)],
 }.items() for encoding in encodings]
 
 
 @pytest.mark.parametrize("kind,encoding", LOSSLESS, ids=lambda v: getattr(v, "extension", v))
 def test_lossless_encodings_round_trip_exactly(kind, encoding):
     array = np.random.default_rng(1).integers(0, 256, (37, 53, ss.CHANNELS[kind]), dtype=np.uint8)
-    data = ss.encode_member(kind, array, encoding)
-    back = ss.decode_member(kind, data, encoding)
+    data = codec.encode_member(kind, array, encoding)
+    back = codec.decode_member(kind, data, encoding)
     assert back.dtype == np.uint8 and back.flags.c_contiguous
     assert np.array_equal(back, array)
 
@@ -91,7 +92,7 @@ def test_iframe_png_is_a_true_rgb_image():
     """Stored BGR frames must view with the right colours in any image viewer."""
     bgr = np.zeros((8, 8, 3), np.uint8)
     bgr[..., 0] = 255  # pure blue in BGR
-    png = ss.encode_member(ss.IFRAME, bgr, ss.Encoding("png", level=1))
+    png = codec.encode_member(ss.IFRAME, bgr, codec.Encoding("png", level=1))
     import io
 
     with Image.open(io.BytesIO(png)) as image:
@@ -101,8 +102,8 @@ def test_iframe_png_is_a_true_rgb_image():
 
 def test_jpeg_iframes_are_close_to_the_source():
     bgr = _smooth((64, 80, 3), seed=2)
-    encoding = ss.Encoding("jpeg", quality=ss.JPEG_QUALITY)
-    back = ss.decode_member(ss.IFRAME, ss.encode_member(ss.IFRAME, bgr, encoding), encoding)
+    encoding = codec.Encoding("jpeg", quality=codec.JPEG_QUALITY)
+    back = codec.decode_member(ss.IFRAME, codec.encode_member(ss.IFRAME, bgr, encoding), encoding)
     assert back.shape == bgr.shape
     assert np.abs(back.astype(int) - bgr).mean() < 2.0
     assert not encoding.lossless
@@ -110,17 +111,17 @@ def test_jpeg_iframes_are_close_to_the_source():
 
 def test_encodings_refuse_what_they_cannot_hold():
     with pytest.raises(ValueError, match="cannot be stored as 'jpeg'"):
-        ss.encode_member(ss.MV, np.zeros((4, 4, 2), np.uint8), ss.Encoding("jpeg", quality=90))
+        codec.encode_member(ss.MV, np.zeros((4, 4, 2), np.uint8), codec.Encoding("jpeg", quality=90))
     with pytest.raises(ValueError, match=r"\(H, W, 2\) uint8"):
-        ss.encode_member(ss.MV, np.zeros((4, 4, 3), np.uint8), ss.DEFAULT_ENCODINGS[ss.MV])
+        codec.encode_member(ss.MV, np.zeros((4, 4, 3), np.uint8), codec.DEFAULT_ENCODINGS[ss.MV])
     with pytest.raises(ValueError, match="uint8"):
-        ss.encode_member(ss.RESIDUAL, np.zeros((4, 4, 3), np.int16), ss.DEFAULT_ENCODINGS[ss.RESIDUAL])
+        codec.encode_member(ss.RESIDUAL, np.zeros((4, 4, 3), np.int16), codec.DEFAULT_ENCODINGS[ss.RESIDUAL])
     with pytest.raises(ValueError, match="level 30"):
-        ss.Encoding("npy.zst", level=30)
+        codec.Encoding("npy.zst", level=30)
     with pytest.raises(ValueError, match="quality is required"):
-        ss.Encoding("jpeg")
+        codec.Encoding("jpeg")
     with pytest.raises(ValueError, match="not one of"):
-        ss.Encoding("webp")
+        codec.Encoding("webp")
 
 
 # --- member names -----------------------------------------------------------------------
@@ -175,7 +176,7 @@ def _header(num_frames: int = 40, gop_starts=(0, 12, 24, 36), spec: str = "all",
         id="v_Archery_g01_c02", label=3, label_name="Archery", split="train", source="/data/a.m4v",
         num_frames=num_frames, width=340, height=256, fps=(30000, 1001), gop_starts=tuple(gop_starts),
         positions=tuple(tuple(ss.select_positions(spec, s)) for s in sizes), position_spec=spec,
-        encodings=dict(ss.DEFAULT_ENCODINGS))
+        encodings=dict(codec.DEFAULT_ENCODINGS))
     return ss.Header(**(fields | changes))
 
 
@@ -196,10 +197,10 @@ def test_every_member_is_checked_against_its_crc32_on_decode():
     rng = np.random.default_rng(0)
     bgr = rng.integers(0, 256, (256, 340, 3), dtype=np.uint8)
     mv = rng.integers(0, 256, (256, 340, 2), dtype=np.uint8)
-    for encodings in (ss.DEFAULT_ENCODINGS, {ss.IFRAME: ss.Encoding("jpeg", quality=90),
-                                             ss.MV: ss.Encoding("npy"), ss.RESIDUAL: ss.Encoding("npy")}):
+    for encodings in (codec.DEFAULT_ENCODINGS, {ss.IFRAME: codec.Encoding("jpeg", quality=90),
+                                             ss.MV: codec.Encoding("npy"), ss.RESIDUAL: codec.Encoding("npy")}):
         header = _header(num_frames=2, gop_starts=(0,), encodings=dict(encodings))
-        members = {name: ss.encode_member(ss.parse_field(name)[0], bgr if ".iframe." in name else
+        members = {name: codec.encode_member(ss.parse_field(name)[0], bgr if ".iframe." in name else
                                           (mv if ".mv." in name else bgr), encodings[ss.parse_field(name)[0]])
                    for name in header.fields()}
         header = ss.Header.from_json(header.with_checksums(members).to_json())
@@ -216,7 +217,7 @@ def test_version_1_headers_read_without_checksums_and_version_2_ones_need_them()
     v1 = _header(schema_version=1)
     assert ss.Header.from_json(v1.to_json()) == v1
     name = v1.field(ss.MV, 0, 1)
-    data = ss.encode_member(ss.MV, np.zeros((256, 340, 2), np.uint8), v1.encodings[ss.MV])
+    data = codec.encode_member(ss.MV, np.zeros((256, 340, 2), np.uint8), v1.encodings[ss.MV])
     assert v1.decode(name, data).shape == (256, 340, 2)   # nothing to check it against
     with pytest.raises(ValueError, match="checksums do not list its members"):
         ss.Header.from_json(_header().to_json())
@@ -338,16 +339,17 @@ def test_schema_imports_without_the_extension_ray_or_torch():
     done = _run("""
         import numpy
         import cvpipe.shards.schema as ss
-        assert ss.quantise_mv(numpy.array([-1], "int16")).tolist() == [122]
+        from cvpipe.shards import codec
+        assert codec.quantise_mv(numpy.array([-1], "int16")).tolist() == [122]
         print("loaded:", sorted(m for m in sys.modules if m.split(".")[0] in ("ray", "torch", "av", "cvpipe")))
     """)
     assert done.returncode == 0, done.stderr
-    assert "loaded: ['cvpipe', 'cvpipe.datasets', 'cvpipe.datasets.manifest', 'cvpipe.shards', 'cvpipe.shards.schema']" in done.stdout
+    assert "loaded: ['cvpipe', 'cvpipe.datasets', 'cvpipe.datasets.manifest', 'cvpipe.shards', 'cvpipe.shards.codec', 'cvpipe.shards.schema']" in done.stdout
 
 
 def test_a_member_that_does_not_decode_says_so_plainly():
-    data = ss.encode_member(ss.MV, np.zeros((8, 8, 2), np.uint8), ss.Encoding("npy"))
+    data = codec.encode_member(ss.MV, np.zeros((8, 8, 2), np.uint8), codec.Encoding("npy"))
     with pytest.raises(ValueError, match=r"256 bytes that do not decode as npy \(TokenError"):
-        ss.decode_member(ss.MV, data[:20] + b"((" + data[22:], ss.Encoding("npy"))
+        codec.decode_member(ss.MV, data[:20] + b"((" + data[22:], codec.Encoding("npy"))
     with pytest.raises(ValueError, match="do not decode as npy.zst"):
-        ss.decode_member(ss.MV, b"not zstd", ss.Encoding("npy.zst", level=3))
+        codec.decode_member(ss.MV, b"not zstd", codec.Encoding("npy.zst", level=3))

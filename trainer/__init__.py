@@ -2,7 +2,7 @@
 residuals) from WebDataset shards, on one CPU or many GPUs under torchrun.
 
 Separate from the preprocessing side: it imports torch, numpy, webdataset, matplotlib,
-tqdm and the shard format (`cvpipe.shards.schema`, `cvpipe.shards.listing`) only (no
+tqdm and the shard format (`cvpipe.shards.schema`, `.codec`, `.listing`) only (no
 FFmpeg, no native extension, no Ray), so a GPU node needs none of those. Entry point: `cvtrain` (trainer.cli).
 
 The package reads as the pipeline, and imports run that way only:

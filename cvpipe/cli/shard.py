@@ -18,9 +18,9 @@ import os
 import sys
 
 from cvpipe.shards.cluster import EnvironmentProblem
+from cvpipe.shards.codec import DEFAULT_ENCODINGS, IFRAME, JPEG_QUALITY, MV, RESIDUAL, Encoding
 from cvpipe.shards.job import DEFAULT_SHARD_SIZE, run_job, summary_table
 from cvpipe.shards.output import OutputProblem
-from cvpipe.shards.schema import DEFAULT_ENCODINGS, IFRAME, JPEG_QUALITY, MV, RESIDUAL, Encoding
 from cvpipe.shards.verify import failure_lines
 from cvpipe.shards.writer import ShardOptions
 

@@ -26,23 +26,25 @@ from typing import Any, Callable, Iterator, Sequence
 
 import cvpipe
 from cvpipe.datasets.manifest import ManifestEntry
-from cvpipe.shards.schema import (
+from cvpipe.shards.codec import (
     DEFAULT_ENCODINGS,
+    Encoding,
+    check_encoding,
+    encode_member,
+    quantise_mv,
+    quantise_residual,
+)
+from cvpipe.shards.schema import (
     HEADER_FIELD,
     IFRAME,
     KINDS,
     MV,
     RESIDUAL,
     SCHEMA_VERSION,
-    Encoding,
     Header,
-    check_encoding,
     check_key,
-    encode_member,
     header_for,
     parse_positions,
-    quantise_mv,
-    quantise_residual,
 )
 
 # 2000-01-01T00:00:00Z: a fixed member mtime (0 makes GNU tar warn of an implausible date).

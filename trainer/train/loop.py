@@ -44,6 +44,7 @@ from trainer.models.networks import ModalityNet, load_pretrained
 from trainer.train import checkpoint, distributed
 from trainer.train.distributed import Dist
 from trainer.train.optim import lr_at, set_lr
+from trainer.train.resume import resume
 from trainer.train.validate import evaluate_model
 
 METRICS = "metrics.jsonl"
@@ -251,59 +252,6 @@ def _write_metrics(path: Path, history: list[dict]) -> None:
     tmp.replace(path)
 
 
-# Keys a resumed run may change without changing what it computes (how long it runs, how
-# it shows progress, how many loader processes it uses, where it runs).
-RESUMABLE_CHANGES = {"optim.epochs", "run.dir", "run.resume", "run.force_resume", "run.progress", "run.save_every",
-                     "run.device", "run.compile", "data.workers"}
-
-
-def config_changes(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """'key: old -> new' for every value of `current` that differs from `saved` (nested
-    dicts by dotted key), but for RESUMABLE_CHANGES."""
-    changes = []
-    for key in sorted(set(saved) | set(current)):
-        dotted = f"{prefix}{key}"
-        old, new = saved.get(key), current.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            changes += config_changes(old, new, f"{dotted}.")
-        elif old != new and dotted not in RESUMABLE_CHANGES:
-            changes.append(f"{dotted}: {old!r} -> {new!r}")
-    return changes
-
-
-def _resume(cfg: Config, run_dir: Path, task: Task, optimizer: torch.optim.Optimizer,
-            dist: Dist) -> tuple[int, list[dict], dict[str, Tensor] | None]:
-    """(first epoch to run, metrics history, the best weights so far): from last.pt and
-    best.pt, or a fresh start."""
-    last = run_dir / "last.pt"
-    if not last.exists():
-        return 0, [], None
-    if not cfg.run.resume:
-        raise FileExistsError(f"{run_dir} already holds a run (last.pt); set run.resume=true to continue it "
-                              "or choose another run.dir")
-    state = checkpoint.load(last)
-    changed = config_changes(state.get("config", {}), dataclasses.asdict(cfg))
-    if changed and not cfg.run.force_resume:
-        raise FileExistsError(f"{last} was written under another config: {'; '.join(changed)}. Resume it anyway with "
-                              "--set run.force_resume=true (the new values apply from here on), or choose another "
-                              "run.dir")
-    if changed and dist.is_main:
-        tqdm.write(f"warning: resuming {run_dir} under a changed config: {'; '.join(changed)}")
-    task.model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    task.best = state["best"]
-    best_file = run_dir / "best.pt"
-    best_state = checkpoint.load(best_file)["model"] if best_file.exists() else None
-    if len(state["rng"]) == dist.world_size:
-        checkpoint.set_rng_state(state["rng"][dist.rank])
-    elif dist.is_main:
-        tqdm.write(f"warning: {last} was written by {len(state['rng'])} ranks, this run has {dist.world_size}: "
-                   "random states are not restored, so the run will not repeat an uninterrupted one exactly")
-    if dist.is_main:
-        tqdm.write(f"resuming {run_dir} after epoch {state['epoch']}")
-    return state["epoch"], state["history"], best_state
-
-
 def fit(cfg: Config, dist: Dist | None = None, data: DataModule | None = None) -> list[dict]:
     """Trains `cfg.model.modality`'s network; returns the per-epoch metrics.
 
@@ -328,7 +276,7 @@ def train(cfg: Config, task: Task, data: DataModule, dist: Dist) -> list[dict]:
     model = task.model
     # Adam as trainer.train.optim builds it; its weight_decay is CoViAR's L2 term, per group.
     optimizer = torch.optim.Adam(task.param_groups(), lr=cfg.optim.lr, eps=cfg.optim.eps)
-    start, history, best_state = _resume(cfg, run_dir, task, optimizer, dist)
+    start, history, best_state = resume(cfg, run_dir, task, optimizer, dist)
     if start == 0:  # a resumed run has its weights already
         task.init_weights()
     if dist.is_main:

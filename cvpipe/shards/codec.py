@@ -1,0 +1,177 @@
+"""What a shard member holds and how its bytes are made: the three kinds, CoViAR's uint8
+quantisation of motion vectors and residuals, and the encodings (PNG, JPEG, npy,
+zstd-compressed npy) a member may be stored in. `cvpipe.shards.schema` lays the members out
+in a sample; like it, this needs only numpy, Pillow and zstandard, and the trainer reads
+through it.
+
+MV and residual are stored as CoViAR's network input quantisation (REFERENCE.md s.2;
+`quantise_mv`, `quantise_residual`): uint8, so the stored bytes are exactly what CoViAR's
+data loader hands to its transforms, and a reader only divides by 255.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import zstandard
+from PIL import Image
+
+IFRAME, MV, RESIDUAL = "iframe", "mv", "res"
+KINDS = (IFRAME, MV, RESIDUAL)
+CHANNELS = {IFRAME: 3, MV: 2, RESIDUAL: 3}
+
+# CoViAR's MV scaling (its data loader's `clip_and_scale(img, 20)`): +-20 pixels of
+# accumulated motion span the uint8 range.
+MV_BOUND = 20
+MV_SCALE = 127.5 / MV_BOUND  # 6.375 = 51/8, exact in binary: the integer form below is exact
+
+QUANTISATION = {
+    MV: "uint8 = clip(trunc(mv * 127.5 / 20) + 128, 0, 255); trunc rounds toward zero "
+        "(CoViAR's astype(int32) before adding 128), so -1 -> 122, not floor's 121",
+    RESIDUAL: "uint8 = clip(residual + 128, 0, 255)",
+    IFRAME: "none: the decoded BGR frame, uint8",
+}
+
+
+# --- Quantisation ---------------------------------------------------------------------
+
+def _mv_table() -> np.ndarray:
+    """The quantised value of every motion value in -21..21, indexed by the value's
+    two's-complement byte (what casting the clipped int16 to uint8 gives)."""
+    values = np.arange(256).astype(np.uint8).view(np.int8).astype(np.int64)
+    # mv * 6.375 = mv * 51 / 8 exactly; shifting the magnitude truncates toward zero as
+    # CoViAR's float-to-int cast does.
+    scaled = values * 51
+    truncated = np.sign(scaled) * (np.abs(scaled) >> 3)
+    return np.clip(truncated + 128, 0, 255).astype(np.uint8)
+
+
+_MV_TABLE = _mv_table()
+
+
+def quantise_mv(mv: np.ndarray) -> np.ndarray:
+    """CoViAR's MV network input: clip(trunc(mv * 127.5 / 20) + 128, 0, 255) as uint8."""
+    mv = np.asarray(mv)
+    if not np.issubdtype(mv.dtype, np.signedinteger):
+        raise TypeError(f"motion vectors must be signed integers (CoViAR's int32 or cvpipe's int16), not {mv.dtype}")
+    # Every |mv| >= 21 saturates (21 * 6.375 > 127), so a 256-entry table covers all
+    # values: one clip, one cast and one lookup, 2-3x faster than the arithmetic.
+    return _MV_TABLE[np.clip(mv, -MV_BOUND - 1, MV_BOUND + 1).astype(np.uint8)]
+
+
+def quantise_residual(residual: np.ndarray) -> np.ndarray:
+    """CoViAR's residual network input: clip(residual + 128, 0, 255) as uint8."""
+    residual = np.asarray(residual)
+    if not np.issubdtype(residual.dtype, np.signedinteger):
+        raise TypeError(f"residuals must be signed integers, not {residual.dtype}")
+    # -128..127 cast to a byte is its two's complement; flipping the top bit adds 128.
+    quantised = np.clip(residual, -128, 127).astype(np.uint8)
+    quantised ^= 0x80
+    return quantised
+
+
+# --- Member encodings -----------------------------------------------------------------
+
+# format -> file extension; which kinds may use it.
+FORMATS = {"png": "png", "jpeg": "jpg", "npy": "npy", "npy.zst": "npy.zst"}
+ALLOWED_FORMATS = {IFRAME: ("png", "jpeg"), MV: ("npy.zst", "npy", "png"), RESIDUAL: ("npy.zst", "npy", "png")}
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How one kind of member is stored. `level`: PNG's zlib level (0-9) or zstd's
+    (1-22); `quality`: JPEG's (1-95, Pillow's scale; lossy, I-frames only)."""
+
+    format: str
+    level: int | None = None
+    quality: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"encoding format {self.format!r} is not one of {', '.join(FORMATS)}")
+        bounds = {"png": (0, 9), "npy.zst": (1, 22)}.get(self.format)
+        if (self.level is not None) != (bounds is not None):
+            raise ValueError(f"encoding {self.format!r}: a level is {'required' if bounds else 'not used'}")
+        if bounds and not bounds[0] <= self.level <= bounds[1]:
+            raise ValueError(f"encoding {self.format!r}: level {self.level} is outside {bounds[0]}..{bounds[1]}")
+        if (self.quality is not None) != (self.format == "jpeg"):
+            raise ValueError(f"encoding {self.format!r}: a quality is {'required' if self.format == 'jpeg' else 'not used'}")
+        if self.format == "jpeg" and not 1 <= self.quality <= 95:
+            raise ValueError(f"JPEG quality {self.quality} is outside 1..95")
+
+    @property
+    def extension(self) -> str:
+        return FORMATS[self.format]
+
+    @property
+    def lossless(self) -> bool:
+        return self.format != "jpeg"
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Encoding:
+        return cls(**data)
+
+
+# Chosen by measurement (README, "Shards"): zstd-compressed npy is within a few percent of
+# PNG's size for MV and residual and decodes 3-4x faster; PNG level 1 is within ~5% of
+# level 6's size for I-frames at a third of the encoding time.
+DEFAULT_ENCODINGS = {
+    IFRAME: Encoding("png", level=1),
+    MV: Encoding("npy.zst", level=3),
+    RESIDUAL: Encoding("npy.zst", level=3),
+}
+JPEG_QUALITY = 95
+
+
+def check_encoding(kind: str, encoding: Encoding) -> None:
+    if encoding.format not in ALLOWED_FORMATS[kind]:
+        raise ValueError(f"{kind} members cannot be stored as {encoding.format!r}; "
+                         f"valid: {', '.join(ALLOWED_FORMATS[kind])}")
+
+
+def encode_member(kind: str, array: np.ndarray, encoding: Encoding) -> bytes:
+    """One member's bytes. `array`: (H, W, C) uint8; BGR for I-frames, quantised MV/residual."""
+    check_encoding(kind, encoding)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != CHANNELS[kind]:
+        raise ValueError(f"{kind} member must be (H, W, {CHANNELS[kind]}) uint8, not {array.shape} {array.dtype}")
+    if encoding.format in ("npy", "npy.zst"):
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+        data = buffer.getvalue()
+        return data if encoding.format == "npy" else zstandard.ZstdCompressor(level=encoding.level).compress(data)
+    # Images: I-frames are stored as true RGB so the files view correctly; two-channel MV
+    # as grey + alpha.
+    image = Image.fromarray(np.ascontiguousarray(array[..., ::-1]) if kind == IFRAME else array,
+                            {2: "LA", 3: "RGB"}[array.shape[2]])
+    buffer = io.BytesIO()
+    if encoding.format == "png":
+        image.save(buffer, "PNG", compress_level=encoding.level)
+    else:
+        image.save(buffer, "JPEG", quality=encoding.quality)
+    return buffer.getvalue()
+
+
+def decode_member(kind: str, data: bytes, encoding: Encoding) -> np.ndarray:
+    """The array `encode_member` was given (for JPEG, its lossy approximation)."""
+    check_encoding(kind, encoding)
+    try:
+        if encoding.format in ("npy", "npy.zst"):
+            raw = data if encoding.format == "npy" else zstandard.ZstdDecompressor().decompress(data)
+            array = np.load(io.BytesIO(raw), allow_pickle=False)
+        else:
+            with Image.open(io.BytesIO(data)) as image:
+                array = np.asarray(image)
+            if kind == IFRAME:
+                array = array[..., ::-1]
+    except Exception as e:  # noqa: BLE001 - zstd, numpy's header parser and Pillow raise many kinds
+        # numpy's parser says "('EOF in multi-line statement', (2, 0))": name what failed.
+        raise ValueError(f"{len(data)} bytes that do not decode as {encoding.format} ({type(e).__name__}: {e})") from None
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != CHANNELS[kind]:
+        raise ValueError(f"decoded {kind} member is {array.shape} {array.dtype}, not (H, W, {CHANNELS[kind]}) uint8")
+    return np.ascontiguousarray(array)
