@@ -65,7 +65,9 @@ def candidates(kind: str) -> dict[str, Codec]:
     }
     if kind == ss.IFRAME:
         return {
-            "png, zlib 1 (default)": _schema_codec(kind, codec.Encoding("png", level=1)),
+            "row deltas + zstd 3 (default)": _schema_codec(kind, codec.Encoding("delta.npy.zst", level=3)),
+            "row deltas + zstd 9": _schema_codec(kind, codec.Encoding("delta.npy.zst", level=9)),
+            "png, zlib 1": _schema_codec(kind, codec.Encoding("png", level=1)),
             "png, zlib 6": _schema_codec(kind, codec.Encoding("png", level=6)),
             "png, zlib 9": _schema_codec(kind, codec.Encoding("png", level=9)),
             f"jpeg q{codec.JPEG_QUALITY} (lossy)": _schema_codec(kind, codec.Encoding("jpeg", quality=codec.JPEG_QUALITY)),
@@ -73,8 +75,11 @@ def candidates(kind: str) -> dict[str, Codec]:
                              lambda b: np.load(io.BytesIO(zstandard.ZstdDecompressor().decompress(b)))),
             **others,
         }
-    return {
-        "npy + zstd 3 (default)": _schema_codec(kind, codec.Encoding("npy.zst", level=3)),
+    defaults = {ss.MV: "npy + zstd 3", ss.RESIDUAL: "row deltas + zstd 3"}
+    table = {
+        "row deltas + zstd 3": _schema_codec(kind, codec.Encoding("delta.npy.zst", level=3)),
+        "row deltas + zstd 9": _schema_codec(kind, codec.Encoding("delta.npy.zst", level=9)),
+        "npy + zstd 3": _schema_codec(kind, codec.Encoding("npy.zst", level=3)),
         "npy + zstd 1": _schema_codec(kind, codec.Encoding("npy.zst", level=1)),
         "npy + zstd 9": _schema_codec(kind, codec.Encoding("npy.zst", level=9)),
         "npy + zstd 19": _schema_codec(kind, codec.Encoding("npy.zst", level=19)),
@@ -82,6 +87,7 @@ def candidates(kind: str) -> dict[str, Codec]:
         "png, zlib 6": _schema_codec(kind, codec.Encoding("png", level=6)),
         **others,
     }
+    return {f"{label} (default)" if label == defaults[kind] else label: c for label, c in table.items()}
 
 
 def members_of(path: Path, frames: int = 48) -> dict[str, list[np.ndarray]]:
@@ -155,7 +161,10 @@ def bytes_rows(name: str, manifest: Path, scratch: Path, shard_size: int) -> lis
     import ray
 
     variants = {
-        "default (all positions, png)": ShardOptions(),
+        "default (all positions)": ShardOptions(),
+        "version 2 defaults (png I-frames, zstd residuals)": ShardOptions(encodings={
+            ss.IFRAME: codec.Encoding("png", level=1), ss.MV: codec.Encoding("npy.zst", level=3),
+            ss.RESIDUAL: codec.Encoding("npy.zst", level=3)}),
         "every2 positions": ShardOptions(positions="every2"),
         f"jpeg q{codec.JPEG_QUALITY} I-frames": ShardOptions(encodings=dict(codec.DEFAULT_ENCODINGS) | {
             ss.IFRAME: codec.Encoding("jpeg", quality=codec.JPEG_QUALITY)}),

@@ -1,4 +1,4 @@
-"""Training-data benchmark (issue 5, part 7): prints tables, asserts nothing about time.
+"""Training-data benchmark (issues 5 and 12): prints tables, asserts nothing about time.
 
     python benchmarks/bench_train_data.py           # ~3 min on 2 cores (once the cache exists)
     python benchmarks/bench_train_data.py --quick   # ~1 min: synthetic set only, fewer batches
@@ -9,22 +9,22 @@ four real clips (benchmarks/clips.py: 340x256, q1, GOP 12), one shard each. Both
 once into the work directory (first run: about 1.5 min more) and reused.
 
 A training sample is one video: 3 TSN segments x (I-frame, accumulated MV, accumulated
-residual), multi-scale crop to 224, flip, CoViAR's normalisation. Parts 1-3 run on one
-thread in this process, as one data-loader worker does (torch gives each worker one thread).
+residual), multi-scale crop to 224, flip, CoViAR's normalisation. Loader workers only read
+and decompress (trainer.data.batches); the crop, resize, flip and normalisation run on the
+training device for the whole batch (trainer.data.transforms.apply_views), here the CPU.
+Parts 1-3 run on one thread in this process, as one data-loader worker does (torch gives
+each worker one thread).
 
-1. Videos/s of the real shard reader: `trainer.data.open_shards` with the tiny_synth
-   config at input 224, flips on, `data.workers=0`, batches of 8 from `train_batches(0)`,
-   timed after the first batch (which fills the shuffle buffer).
-2. The same samples built the CoViAR way from the raw videos: per segment, three
-   `cvpipe.coviar.load` calls (I-frame, MV, residual at CoViAR's (gop, pos)), the shards'
-   quantisation, the same crop/flip/normalise functions and collation, so only the source
-   differs. Each video starts with a cold index (as in a dataset larger than the loader's
-   cache). Ratio shards / raw against the 5x target, and against CoViAR's own published
-   loader (35-50 ms per sample, REFERENCE.md s.2, without augmentation: our measured
-   augmentation time is added to it).
-3. Where each path's time goes, timing the functions of trainer/data/shard_reader.py and
-   trainer/data/transforms.py one by one on the same videos with the same random draws (which
-   also checks that both paths build identical tensors), and inside train_view.
+1. Videos/s of one loader worker: the shard reader's worker loop (trainer.data.shard_reader
+   VideoStream, training, batches of 8) against the same samples built the CoViAR way from
+   the raw videos (per segment three `cvpipe.coviar.load` calls at CoViAR's (gop, pos), the
+   shards' quantisation, the same collation; a cold index per video, as in a dataset larger
+   than the loader's cache). The device step's own cost per batch is timed apart (on this
+   CPU, one thread; on a GPU it is a few kernels), and both paths end in it: their
+   tensors are compared.
+2. Where each path's time goes: the reader's steps one by one (tar, header, decompression
+   per modality and format, collation) and the raw path's.
+3. Bytes per video: the shards against the source m4v.
 4. One training step of the tiny config per modality on CPU: ModalityNet as tiny_synth
    builds it, batch 16 x 3 segments at 112, forward + backward + Adam, 2 threads, median
    step after warm-up (random inputs: the step's time does not depend on the values).
@@ -58,10 +58,11 @@ from cvpipe import coviar  # noqa: E402
 from cvpipe.datasets.manifest import ManifestEntry, read_manifest, write_manifest  # noqa: E402
 from cvpipe.shards import codec  # noqa: E402
 from cvpipe.shards import schema as ss  # noqa: E402
-from trainer.config import Config, load_config  # noqa: E402
-from trainer.data.contract import INPUT_CHANNELS
-from trainer.data.shard_reader import KIND, Sampling, open_shards, pick, shard_samples  # noqa: E402
-from trainer.data.transforms import CROP_SCALES, draw_crop, flip, normalise, resize, to_tensor, train_view  # noqa: E402
+from trainer.config import load_config  # noqa: E402
+from trainer.data.batches import StoredVideo, collate, to_device  # noqa: E402
+from trainer.data.contract import INPUT_CHANNELS  # noqa: E402
+from trainer.data.shard_reader import Sampling, VideoStream, pick, shard_samples, video_frames  # noqa: E402
+from trainer.data.transforms import CROP_SCALES, draw_crop, train_views  # noqa: E402
 from trainer.models.networks import ModalityNet  # noqa: E402
 from trainer.train.optim import build_optimizer  # noqa: E402
 
@@ -70,9 +71,8 @@ SEGMENTS, SIZE, BATCH, GOP = 3, 224, 8, 12
 SEED = 0
 SYNTH = {"classes": 10, "videos_per_class": 6}
 REAL_CLIPS = ("vtest", "bikes", "tree", "Megamind")
-COVIAR_TRAIN_MS = (35.0, 50.0)  # CoViAR's own loader, one 3-segment I+MV+R sample, no augmentation
-TARGET = 5.0
-CHECKED_VIDEOS = 4  # videos whose shard and raw tensors are compared in part 3
+TARGET_PER_WORKER, TARGET_VS_RAW = 250.0, 3.0
+CHECKED_VIDEOS = 4  # videos whose shard and raw tensors are compared
 
 
 class Clock:
@@ -167,171 +167,128 @@ def train_entries(manifest: Path) -> list[ManifestEntry]:
     return entries
 
 
-def reader_config(root: Path, size: int = SIZE, flips: bool = True, shuffle_buffer: int | None = None) -> Config:
-    overrides = [f"data.root={root}", "model.modality=iframe", f"data.input_size={size}", "data.workers=0",
-                 f"optim.batch_size={BATCH}", f"data.flip={str(flips).lower()}"]
-    if shuffle_buffer is not None:
-        overrides.append(f"data.shuffle_buffer={shuffle_buffer}")
-    return load_config("tiny_synth", overrides)
+def training_sampling(size: int = SIZE) -> Sampling:
+    """What the shard reader samples in training with every modality (PKD, fused)."""
+    return Sampling(modalities=MODALITIES, segments=SEGMENTS, size=size, train=True, scales=CROP_SCALES["iframe"])
 
 
-def training_sampling(cfg: Config) -> Sampling:
-    """What open_shards(cfg, modalities=MODALITIES) samples in training."""
-    data = cfg.data
-    return Sampling(modalities=MODALITIES, segments=data.num_segments, size=data.input_size, train=True,
-                    scales=tuple(data.crop_scales) or CROP_SCALES[cfg.model.modality], flip=data.flip)
+def train_shards(root: Path) -> list[Path]:
+    manifest = json.loads((root / "manifest.json").read_text())
+    return [root / s["name"] for s in manifest["shards"] if s["split"] == "train"]
 
 
-# ---- 1. the shard reader -----------------------------------------------------------------
+# ---- 1. one loader worker, and the device step -----------------------------------------------
 
 
-def shard_rate(cfg: Config, batches: int, clock: Clock) -> tuple[float, float]:
-    """(videos/s, seconds of the first batch) of train_batches(0) in this process."""
-    data = open_shards(cfg, rank=0, world_size=1, modalities=MODALITIES)
-    stream = iter(data.train_batches(0))
+def worker_rate(root: Path, sampling: Sampling, batches: int, shuffle_buffer: int, clock: Clock) -> tuple[float, list]:
+    """(videos/s, the stored batches) of the reader's worker loop in this process, timed
+    after a first batch (opening, filling the shuffle buffer)."""
+    stream = iter(VideoStream(train_shards(root), sampling, BATCH, SEED, 0, epoch=0, shuffle_buffer=shuffle_buffer))
+    next(stream)
     start = clock.now()
-    first = next(stream)
-    first_s = clock.now() - start
-    expected = (BATCH, SEGMENTS, INPUT_CHANNELS["mv"], cfg.data.input_size, cfg.data.input_size)
-    if tuple(first["inputs"]["mv"].shape) != expected:
-        raise RuntimeError(f"the reader's MV batch is {tuple(first['inputs']['mv'].shape)}, expected {expected}")
-    videos = 0
+    stored = [next(stream) for _ in range(batches)]
+    return sum(len(b["id"]) for b in stored) / (clock.now() - start), stored
+
+
+def device_seconds(stored: list, size: int, clock: Clock) -> float:
+    """Mean seconds of the device step (trainer.data.batches.to_device) per batch, here."""
     start = clock.now()
-    for _ in range(batches):
-        videos += len(next(stream)["id"])
-    return videos / (clock.now() - start), first_s
+    for batch in stored:
+        to_device(batch, size, torch.device("cpu"))
+    return (clock.now() - start) / len(stored)
 
 
-# ---- 2. the CoViAR way, from the raw videos ---------------------------------------------------
-
-
-def raw_sample(path: str, rng: np.random.Generator, sampling: Sampling, watch: Stopwatch) -> dict[str, torch.Tensor]:
-    """One video's training inputs through cvpipe.coviar.load, CoViAR's dataset code path:
-    the same draws from `rng` as the shard reader makes (segment frames, then the crop)."""
+def raw_video(path: str, rng: np.random.Generator, sampling: Sampling, watch: Stopwatch) -> StoredVideo:
+    """One video's stored-form sample through cvpipe.coviar.load, CoViAR's dataset code
+    path: the same draws from `rng` as the shard reader makes (segment frames, then the crop)."""
     with watch("index (get_num_frames)"):
         num_frames = coviar.get_num_frames(path)
     frames = [int(rng.integers(*ss.segment_range(num_frames, sampling.segments, s, ss.MV)))
               for s in range(sampling.segments)]
-    arrays: dict[str, list[np.ndarray]] = {m: [] for m in MODALITIES}
+    arrays: dict[str, list[tuple[np.ndarray, bool]]] = {m: [] for m in MODALITIES}
     for frame in frames:
         gop, pos = divmod(frame, GOP)
         if pos == 0:  # an I-frame has no motion: CoViAR takes the previous GOP's last frame
             gop, pos = gop - 1, GOP - 1
         with watch("load I-frame"):
-            arrays["iframe"].append(coviar.load(path, gop, 0, coviar.IFRAME, True))
+            arrays["iframe"].append((coviar.load(path, gop, 0, coviar.IFRAME, True), False))
         with watch("load MV"):
             mv = coviar.load(path, gop, pos, coviar.MV, True)
         with watch("load residual (same decode)"):
             residual = coviar.load(path, gop, pos, coviar.RESIDUAL, True)
         with watch("quantise"):
-            arrays["mv"].append(codec.quantise_mv(mv))
-            arrays["residual"].append(codec.quantise_residual(residual))
-    height, width = arrays["iframe"][0].shape[:2]
+            arrays["mv"].append((codec.quantise_mv(mv), False))
+            arrays["residual"].append((codec.quantise_residual(residual), False))
+    height, width = arrays["iframe"][0][0].shape[:2]
     crop = draw_crop(width, height, sampling.size, sampling.scales, rng, 0.5 if sampling.flip else 0.0)
-    with watch("augment + normalise"):
-        return {m: torch.stack([train_view(a, m, sampling.size, crop) for a in arrays[m]]) for m in MODALITIES}
-
-
-def collate(videos: list[dict[str, torch.Tensor]], watch: Stopwatch) -> None:
-    with watch("collate"):
-        for modality in MODALITIES:
-            torch.stack([v[modality] for v in videos])
+    return StoredVideo(arrays, train_views(crop, sampling.size), 0, path)
 
 
 def raw_rate(entries: list[ManifestEntry], passes: int, sampling: Sampling, clock: Clock) -> tuple[float, Stopwatch]:
-    """(videos/s, per-step times) building every entry's sample `passes` times."""
+    """(videos/s, per-step times) building every entry's stored sample `passes` times, in batches."""
     watch = Stopwatch(clock)
     rng = np.random.default_rng(SEED)
-    pending: list[dict[str, torch.Tensor]] = []
+    pending: list[StoredVideo] = []
     start = clock.now()
     for _ in range(passes):
         for entry in entries:
-            # Cold index per video, as when the dataset outgrows the loader's 32-video cache.
-            coviar.clear_cache()
-            pending.append(raw_sample(entry.path, rng, sampling, watch))
+            coviar.clear_cache()  # a cold index per video, as when the dataset outgrows the loader's cache
+            pending.append(raw_video(entry.path, rng, sampling, watch))
             if len(pending) == BATCH:
-                collate(pending, watch)
+                with watch("collate"):
+                    collate(pending, MODALITIES, SEGMENTS, 1, [])
                 pending = []
-    if pending:
-        collate(pending, watch)
     return passes * len(entries) / (clock.now() - start), watch
 
 
-# ---- 3. the shard reader's functions one by one ------------------------------------------------
+# ---- 2. the shard reader's steps one by one ------------------------------------------------------
 
 
-def shard_breakdown(root: Path, sampling: Sampling, passes: int,
-                    clock: Clock) -> tuple[int, Stopwatch, dict[str, dict], dict]:
-    """Every training video `passes` times through trainer.data.shard_reader's steps, each timed; each
+def shard_breakdown(root: Path, sampling: Sampling, passes: int, clock: Clock) -> tuple[int, Stopwatch, dict, int]:
+    """Every training video `passes` times through the reader's steps, each timed; each
     video its own rng, seeded by its position in the run. Returns (videos, times, the
-    first videos' tensors, byte counts)."""
-    manifest = json.loads((root / "manifest.json").read_text())
-    shards = [root / s["name"] for s in manifest["shards"] if s["split"] == "train"]
-    watch, parts = Stopwatch(clock), Stopwatch(clock)
-    kept: dict[str, dict] = {}
-    pending: list[dict[str, torch.Tensor]] = []
-    videos, read_bytes, used_bytes = 0, 0, 0
-    for shard in shards * passes:
+    first videos' stored samples with their seeds, bytes of the sampled members)."""
+    watch = Stopwatch(clock)
+    kept: dict[str, tuple[StoredVideo, list[int]]] = {}
+    pending: list[StoredVideo] = []
+    videos, used_bytes = 0, 0
+    for shard in train_shards(root) * passes:
         samples = shard_samples(shard)
         while True:
-            with watch("tar read (whole sample)"):
+            with watch("tar headers + member reads"):
                 item = next(samples, None)
             if item is None:
                 break
             key, sample = item
-            rng = np.random.default_rng([SEED, videos])
-            with watch("header + pick"):
-                picked = pick(ss.Header.from_json(sample[ss.HEADER_FIELD]), sample, sampling, rng, f"{shard.name}: {key}")
-            header = picked.header
-            crop = draw_crop(header.width, header.height, sampling.size, sampling.scales, rng,
-                             0.5 if sampling.flip else 0.0)
-            inputs = {}
-            for modality in MODALITIES:
-                views = []
-                for segment in range(sampling.segments):
-                    data = picked.members[modality, segment]
-                    with watch(f"decode {modality} ({header.encodings[KIND[modality]].format})"):
-                        array = header.decode(picked.names[modality, segment], data)
-                    with watch("augment + normalise"):
-                        views.append(train_view(array, modality, sampling.size, crop)[None])
-                    transform_parts(array, modality, sampling.size, crop, parts)
-                with watch("augment + normalise"):
-                    inputs[modality] = torch.cat(views)
-            read_bytes += sum(map(len, sample.values()))
+            seed = [SEED, videos]
+            rng = np.random.default_rng(seed)
+            with watch("header + pick (reads the sampled members)"):
+                picked = pick(ss.Header.from_json(sample[ss.HEADER_FIELD]), sample, sampling, rng,
+                              f"{shard.name}: {key}")
+            formats = {m: picked.header.encodings[ss.KINDS[MODALITIES.index(m)]].format for m in MODALITIES}
+            with watch("decompress (" + ", ".join(f"{m} {f}" for m, f in formats.items()) + ")"):
+                video = video_frames(picked, sampling, rng)
             used_bytes += sum(map(len, picked.members.values()))
             if len(kept) < CHECKED_VIDEOS:
-                kept[key] = {"inputs": inputs, "seed": [SEED, videos]}
+                kept[key] = (video, seed)
             videos += 1
-            pending.append(inputs)
+            pending.append(video)
             if len(pending) == BATCH:
-                collate(pending, watch)
+                with watch("collate (one copy into the batch)"):
+                    collate(pending, MODALITIES, SEGMENTS, 1, [])
                 pending = []
-    if pending:
-        collate(pending, watch)
-    return videos, watch, kept, {"read": read_bytes, "used": used_bytes, "parts": parts}
+    return videos, watch, kept, used_bytes
 
 
-def transform_parts(array: np.ndarray, modality: str, size: int, crop: tuple, parts: Stopwatch) -> None:
-    """train_view's steps timed one by one (its own functions, in its order)."""
-    x0, y0, w, h, flipped = crop
-    with parts("to_tensor (whole frame to float)"):
-        x = to_tensor(array)
-    with parts("crop + resize (bilinear)"):
-        x = resize(x[:, y0:y0 + h, x0:x0 + w], size, size)
-    with parts("flip"):
-        if flipped:
-            x = flip(x, modality)
-    with parts("normalise"):
-        normalise(x, modality)
-
-
-def max_difference(kept: dict[str, dict], entries: list[ManifestEntry], sampling: Sampling) -> float:
-    """Largest |shard - raw| over the kept videos' tensors, rebuilt from the raw videos."""
+def max_difference(kept: dict, entries: list[ManifestEntry], sampling: Sampling) -> float:
+    """Largest |shard - raw| over the kept videos' model inputs, both through the device step."""
     paths = {e.id: e.path for e in entries}
     worst = 0.0
-    for key, shard in kept.items():
-        raw = raw_sample(paths[key], np.random.default_rng(shard["seed"]), sampling, Stopwatch(Clock(False)))
-        worst = max(worst, *((raw[m] - shard["inputs"][m]).abs().max().item() for m in MODALITIES))
+    for key, (video, seed) in kept.items():
+        raw = raw_video(paths[key], np.random.default_rng(seed), sampling, Stopwatch(Clock(False)))
+        a = to_device(collate([video], MODALITIES, SEGMENTS, 1, []), sampling.size, torch.device("cpu"))
+        b = to_device(collate([raw], MODALITIES, SEGMENTS, 1, []), sampling.size, torch.device("cpu"))
+        worst = max(worst, *((a["inputs"][m] - b["inputs"][m]).abs().max().item() for m in MODALITIES))
     return worst
 
 
@@ -369,55 +326,46 @@ def share_rows(watch: Stopwatch, videos: int) -> list[list[str]]:
 
 
 def measure_set(name: str, manifest: Path, root: Path, batches: int, passes: int, clock: Clock,
-                shuffle_buffer: int | None) -> dict:
-    cfg = reader_config(root, shuffle_buffer=shuffle_buffer)
-    sampling = training_sampling(cfg)
+                shuffle_buffer: int) -> dict:
+    sampling = training_sampling()
     entries = train_entries(manifest)
-    shards, first_s = shard_rate(cfg, batches, clock)
+    worker, stored = worker_rate(root, sampling, batches, shuffle_buffer, clock)
     raw, raw_watch = raw_rate(entries, passes, sampling, clock)
-    videos, watch, kept, sizes = shard_breakdown(root, sampling, passes, clock)
-    return {"name": name, "buffer": cfg.data.shuffle_buffer, "shards": shards, "first_s": first_s, "raw": raw, "raw_watch": raw_watch,
-            "videos": videos, "watch": watch, "sizes": sizes, "entries": len(entries), "passes": passes,
-            "batches": batches, "difference": max_difference(kept, entries, sampling),
-            "frames": statistics.mean(coviar.get_num_frames(e.path) for e in entries)}
+    videos, watch, kept, used = shard_breakdown(root, sampling, passes, clock)
+    totals = json.loads((root / "manifest.json").read_text())["totals"]
+    return {"name": name, "worker": worker, "raw": raw, "raw_watch": raw_watch, "device": device_seconds(stored, SIZE, clock),
+            "videos": videos, "watch": watch, "used": used, "entries": len(entries), "passes": passes,
+            "batches": batches, "difference": max_difference(kept, entries, sampling), "totals": totals,
+            "buffer": shuffle_buffer, "frames": statistics.mean(coviar.get_num_frames(e.path) for e in entries)}
 
 
-def report(sets: list[dict], tiny: list[list[str]], clock: Clock) -> None:
+def report(sets: list[dict], clock: Clock) -> None:
     rows = []
     for s in sets:
-        augment = s["raw_watch"].seconds["augment + normalise"] / (s["passes"] * s["entries"])
-        coviar_with_augment = COVIAR_TRAIN_MS[0] / 1e3 + augment
-        rows.append([s["name"], f"{s['frames']:.0f}", f"{s['shards']:.1f}", f"{s['raw']:.1f}",
-                     f"{s['shards'] / s['raw']:.2f}x", f"{1 / coviar_with_augment:.1f}",
-                     f"{s['shards'] * coviar_with_augment:.2f}x", f"{TARGET:.0f}x"])
-    clips.table(f"1-2. Training samples (3 segments x I+MV+R, crop to {SIZE}, flip, normalise), videos/s for one "
-          f"loader worker ({clock.name} time)",
-          ["set", "frames/video", "shards", "raw (coviar.load)", "shards/raw", "CoViAR loader*", "shards/CoViAR*",
-           "target"], rows)
-    print(f"* CoViAR's own loader: {COVIAR_TRAIN_MS[0]:.0f}-{COVIAR_TRAIN_MS[1]:.0f} ms per sample without augmentation "
-          f"(REFERENCE.md s.2), taken at {COVIAR_TRAIN_MS[0]:.0f} ms plus our measured augmentation time.")
+        rows.append([s["name"], f"{s['frames']:.0f}", f"{s['worker']:.1f}", f"{s['raw']:.1f}",
+                     f"{s['worker'] / s['raw']:.2f}x", f"{s['worker'] / TARGET_PER_WORKER:.2f}x",
+                     f"{s['device'] * 1e3:.0f}", f"{s['device'] / BATCH * 1e3:.1f}"])
+    clips.table(f"1. One loader worker, videos/s (3 segments x I+MV+R, {clock.name} time); the device step "
+                f"(crop to {SIZE}, flip, normalise) timed apart on this CPU, one thread",
+                ["set", "frames/video", "shards", "raw (coviar.load)", "shards/raw",
+                 f"vs {TARGET_PER_WORKER:.0f}/s target", f"device ms/batch of {BATCH}", "device ms/video"], rows)
+    print(f"targets: at least {TARGET_PER_WORKER:.0f} videos/s per worker from shards and {TARGET_VS_RAW:.0f}x the raw path")
     for s in sets:
-        print(f"{s['name']}: shards timed over {s['batches']} batches of {BATCH} after a first batch of "
-              f"{s['first_s']:.1f} s (opening; filling the shuffle buffer of {s['buffer']} videos); raw over "
-              f"{s['passes']} pass(es) of {s['entries']} training videos; shard and raw tensors of "
-              f"{CHECKED_VIDEOS} videos differ by at most {s['difference']:.2g}")
-    if tiny:
-        clips.table("1b. The shard reader at the tiny config's size, videos/s", ["set", "shards"], tiny)
+        print(f"{s['name']}: shards timed over {s['batches']} batches of {BATCH} after the first (shuffle buffer "
+              f"{s['buffer']}); raw over {s['passes']} pass(es) of {s['entries']} training videos; model inputs of "
+              f"{CHECKED_VIDEOS} videos from shards and from the raw videos differ by at most {s['difference']:.2g}")
 
     for s in sets:
-        per_video = 1e3 / s["shards"]
-        rows = share_rows(s["watch"], s["videos"])
-        rows.append([f"part 1's time per video (reader overhead {per_video - float(rows[-1][1]):+.2f})",
-                     f"{per_video:.2f}", ""])
-        clips.table(f"3. {s['name']}: where the shard reader's time goes, ms per video ({s['videos']} videos)",
-              ["step", "ms/video", "share"], rows)
-        sizes = s["sizes"]
-        print(f"tar bytes read per video {sizes['read'] / s['videos'] / 2**20:.2f} MiB, of which the sampled members "
-              f"{sizes['used'] / s['videos'] / 2**20:.2f} MiB ({sizes['used'] / sizes['read']:.1%})")
-        clips.table(f"3b. {s['name']}: inside train_view (9 calls per video), ms per video",
-              ["step", "ms/video", "share"], share_rows(sizes["parts"], s["videos"]))
-        clips.table(f"3c. {s['name']}: the raw path's time, ms per video",
-              ["step", "ms/video", "share"], share_rows(s["raw_watch"], s["passes"] * s["entries"]))
+        clips.table(f"2. {s['name']}: where a shard worker's time goes, ms per video ({s['videos']} videos)",
+                    ["step", "ms/video", "share"], share_rows(s["watch"], s["videos"]))
+        print(f"sampled members read per video: {s['used'] / s['videos'] / 2**10:.0f} KiB")
+        clips.table(f"2b. {s['name']}: the raw path's time, ms per video",
+                    ["step", "ms/video", "share"], share_rows(s["raw_watch"], s["passes"] * s["entries"]))
+    rows = [[s["name"], str(s["totals"]["samples"]), f"{s['totals']['source_bytes'] / s['totals']['samples'] / 2**20:.2f}",
+             f"{s['totals']['bytes'] / s['totals']['samples'] / 2**20:.2f}",
+             f"{s['totals']['bytes'] / s['totals']['source_bytes']:.1f}x"] for s in sets]
+    clips.table("3. Bytes per video (MiB), default shards against the source m4v",
+                ["set", "videos", "source", "shards", "ratio"], rows)
 
 
 def report_steps(loader: float, loader_size: int, warmup: int, steps: int) -> None:
@@ -446,7 +394,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=clips.DEFAULT_WORKDIR,
                         help=f"cache of generated videos and shards (default {clips.DEFAULT_WORKDIR})")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                        help="parts 1-3 in wall time (default) or CPU time, which other work on a busy machine "
+                        help="parts 1-2 in wall time (default) or CPU time, which other work on a busy machine "
                              "does not inflate; part 4 is always wall time (2 threads)")
     args = parser.parse_args()
     clock = Clock(args.clock == "cpu")
@@ -456,19 +404,12 @@ def main() -> None:
     real = None if args.quick else real_data(args.workdir)
     torch.set_num_threads(1)  # a data-loader worker's setting
     batches, passes = (4, 1) if args.quick else (16, 3)
-    sets = [measure_set("synthetic", synth_manifest, synth_root, batches, passes, clock, None)]
-    tiny = []  # the reader as the tiny config trains: input 112, no flips
-    if not args.quick:
-        rate = shard_rate(reader_config(synth_root, size=112, flips=False), 8, clock)[0]
-        tiny.append(["synthetic, tiny_synth's own input 112, no flip", f"{rate:.1f}"])
+    sets = [measure_set("synthetic", synth_manifest, synth_root, batches, passes, clock, shuffle_buffer=64)]
     if real:
-        # Long videos make every tar read large; a 256-video shuffle buffer over four of them
-        # would take minutes to fill and changes nothing per video afterwards.
+        # Long videos: a large shuffle buffer over four of them would only delay the first batch.
         sets.append(measure_set("real clips", *real, 6, 3, clock, shuffle_buffer=0))
-    report(sets, tiny, clock)
-
-    loader = (float(tiny[0][1]), 112) if tiny else (sets[0]["shards"], SIZE)
-    report_steps(*loader, warmup=1 if args.quick else 2, steps=4 if args.quick else 8)
+    report(sets, clock)
+    report_steps(sets[0]["worker"], SIZE, warmup=1 if args.quick else 2, steps=4 if args.quick else 8)
     print(f"\n1-minute load average: {load_before:.2f} before, {os.getloadavg()[0]:.2f} after ({os.cpu_count()} CPUs; "
           f"the machine is shared with other work, so wall times above ~1 are inflated)")
 

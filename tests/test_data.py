@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,6 @@ from cvpipe.shards import codec, schema
 from trainer.config import load_config
 from trainer.data.contract import report_skipped
 from trainer.data.shard_reader import open_shards, read_manifest
-from trainer.data.transforms import flip
 from trainer.train.distributed import Dist
 from trainer.train.loop import fit
 
@@ -82,6 +82,26 @@ def test_test_tensors_equal_coviar_normalisation_of_the_loader(shards: Path, sha
     assert seen == data.split_size("test") == 2
 
 
+def test_shards_in_the_version_2_encodings_give_the_same_batches(ray_cluster, shard_dataset, shards: Path,
+                                                                 tmp_path: Path) -> None:
+    """PNG I-frames and plain zstd residuals (version 2's defaults) against row deltas."""
+    from cvpipe.shards.job import ShardOptions, run_job
+
+    old = {schema.IFRAME: codec.Encoding("png", level=1), schema.MV: codec.Encoding("npy.zst", level=3),
+           schema.RESIDUAL: codec.Encoding("npy.zst", level=3)}
+    assert run_job(shard_dataset.manifest, tmp_path / "v2", ShardOptions(encodings=old), shard_size=2,
+                   progress=False).ok
+
+    def batches(root: Path) -> list:
+        data = open_shards(config(root, "iframe"), rank=0, world_size=1, modalities=("mv", "residual"))
+        it = iter(data.train_batches(2))
+        return list(data.eval_batches("val")) + [next(it) for _ in range(2)]
+
+    for a, b in zip(batches(shards), batches(tmp_path / "v2"), strict=True):
+        assert a["id"] == b["id"]
+        assert all(torch.equal(a["inputs"][m], b["inputs"][m]) for m in a["inputs"])
+
+
 def test_reading_by_index_or_streaming_gives_the_same_batches(shards: Path) -> None:
     def batches(read: str, epoch: int | None):
         data = open_shards(config(shards, "iframe", read=read), rank=0, world_size=1, modalities=("mv", "residual"))
@@ -123,15 +143,6 @@ def test_training_batches_depend_only_on_seed_epoch_and_rank(shards: Path) -> No
     assert not torch.equal(take(data, 3, 1)[0][:1], take(other_rank, 3, 1)[0][:1])
     batch = next(iter(data.train_batches(0)))
     assert batch["input"].shape == (2, 3, 3, SIZE, SIZE) and batch["label"].dtype == torch.int64
-
-
-def test_flipping_motion_negates_its_x() -> None:
-    q = torch.tensor(np.random.default_rng(0).integers(0, 256, (2, 4, 5)), dtype=torch.float32)
-    flipped = flip(q, "mv")
-    # Quantised q = v + 128 (x and y): the flip mirrors columns and maps v -> -v.
-    assert torch.equal(flipped[0] - 128, -(q[0].flip(-1) - 128))
-    assert torch.equal(flipped[1], q[1].flip(-1))
-    assert torch.equal(flip(q[:1].expand(3, 4, 5), "residual"), q[:1].expand(3, 4, 5).flip(-1))
 
 
 def _rewrite_member(tar_path: Path, out: Path, damage) -> str:
@@ -262,3 +273,17 @@ def test_one_flipped_bit_per_member_is_caught_counted_and_printed_once(shards: P
     counted = sum(r["train_skipped"] + r["val_skipped"] for r in records)
     assert counted == len(printed) and all(r["val_skipped"] == 1 for r in records)
     assert sum(r["train_skipped"] for r in records) > 0
+
+
+def test_bench_data_measures_the_loader_and_the_model(shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer.analysis.input_rate import bench_data, format_bench
+    from trainer.data.shard_reader import loader_workers
+
+    result = bench_data(config(shards, "mv"), [0, 1], batches=2, steps=1, device=torch.device("cpu"))
+    assert list(result["loader_videos_s"]) == [0, 1] and min(result["loader_videos_s"].values()) > 0
+    assert result["workers_needed"] == pytest.approx(result["model_videos_s"] / result["per_worker_videos_s"])
+    assert "workers keep the model busy" in format_bench(result)
+    cores = len(os.sched_getaffinity(0))
+    assert loader_workers(-1) == cores and loader_workers(3) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))  # torchrun's local ranks share the cores
+    assert loader_workers(-1) == 1

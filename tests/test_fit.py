@@ -25,7 +25,7 @@ from trainer.train.metrics import Counts, summarize
 from trainer.train.optim import build_optimizer, lr_at, set_lr
 
 CPU = Dist(0, 1, 0, torch.device("cpu"))
-TIMING = ("seconds", "samples_per_s")
+TIMING = ("seconds", "samples_per_s", "data_wait_s", "compute_s")
 
 
 def tiny(run_dir: Path, *overrides: str, modality: str = "iframe") -> Config:

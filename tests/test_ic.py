@@ -276,7 +276,7 @@ progress = false
     assert record["teacher"] == "mv" and record["train_videos"] == 8
     with pytest.raises(SystemExit) as e:
         cvtrain(["ic", "--config", str(cfg_file), "--teachers", "mv,self", "--teacher-epochs", "x"])
-    assert e.value.code == 2 and "comma-separated epochs" in capsys.readouterr().err
+    assert e.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
 
 
 def test_ic_training_under_torchrun(tmp_path, backbones):

@@ -72,10 +72,12 @@ def _smooth(shape: tuple[int, ...], seed: int) -> np.ndarray:
 
 
 LOSSLESS = [(kind, encoding) for kind, encodings in {
-    ss.IFRAME: [codec.Encoding("png", level=0), codec.Encoding("png", level=9)],
+    ss.IFRAME: [codec.Encoding("png", level=0), codec.Encoding("png", level=9), codec.Encoding("delta.npy.zst", level=3),
+                codec.Encoding("npy.zst", level=3)],
     ss.MV: [codec.Encoding("npy.zst", level=1), codec.Encoding("npy.zst", level=19), codec.Encoding("npy"),
-            codec.Encoding("png", level=6)],
-    ss.RESIDUAL: [codec.Encoding("npy.zst", level=3), codec.Encoding("npy"), codec.Encoding("png", level=1)],
+            codec.Encoding("png", level=6), codec.Encoding("delta.npy.zst", level=9)],
+    ss.RESIDUAL: [codec.Encoding("npy.zst", level=3), codec.Encoding("npy"), codec.Encoding("png", level=1),
+                  codec.Encoding("delta.npy.zst", level=1)],
 }.items() for encoding in encodings]
 
 
@@ -86,6 +88,15 @@ def test_lossless_encodings_round_trip_exactly(kind, encoding):
     back = codec.decode_member(kind, data, encoding)
     assert back.dtype == np.uint8 and back.flags.c_contiguous
     assert np.array_equal(back, array)
+    stored, deltas = codec.read_member(kind, data, encoding)  # what the trainer's workers hand over
+    assert deltas == (encoding.format == "delta.npy.zst")
+    assert np.array_equal(np.cumsum(stored, axis=0, dtype=np.uint8) if deltas else stored, array)
+
+
+def test_row_deltas_are_what_png_calls_the_up_filter():
+    array = np.array([[[250], [3]], [[4], [1]], [[0], [255]]], np.uint8)
+    assert codec.row_deltas(array)[..., 0].tolist() == [[250, 3], [10, 254], [252, 254]]
+    assert np.array_equal(codec.undo_row_deltas(codec.row_deltas(array)), array)
 
 
 def test_iframe_png_is_a_true_rgb_image():
@@ -213,7 +224,7 @@ def test_every_member_is_checked_against_its_crc32_on_decode():
                     header.decode(name, bytes(bad))
 
 
-def test_version_1_headers_read_without_checksums_and_version_2_ones_need_them():
+def test_version_1_headers_read_without_checksums_and_later_ones_need_them():
     v1 = _header(schema_version=1)
     assert ss.Header.from_json(v1.to_json()) == v1
     name = v1.field(ss.MV, 0, 1)
@@ -221,16 +232,21 @@ def test_version_1_headers_read_without_checksums_and_version_2_ones_need_them()
     assert v1.decode(name, data).shape == (256, 340, 2)   # nothing to check it against
     with pytest.raises(ValueError, match="checksums do not list its members"):
         ss.Header.from_json(_header().to_json())
-    with pytest.raises(ValueError, match="schema version 3"):
-        ss.Header.from_json(_header(schema_version=1).to_json().replace(b'"schema_version":1', b'"schema_version":3'))
+    v2 = _header(schema_version=2, encodings={ss.IFRAME: codec.Encoding("png", level=1),
+                                              ss.MV: codec.Encoding("npy.zst", level=3),
+                                              ss.RESIDUAL: codec.Encoding("npy.zst", level=3)})
+    v2 = v2.with_checksums({f: f.encode() for f in v2.fields()})
+    assert ss.Header.from_json(v2.to_json()) == v2 and v2.fields()[0] == "g0000.iframe.png"
+    with pytest.raises(ValueError, match="schema version 4"):
+        ss.Header.from_json(_header(schema_version=1).to_json().replace(b'"schema_version":1', b'"schema_version":4'))
 
 
 def test_header_fields_list_every_member_in_tar_order():
     header = _header(num_frames=14, gop_starts=(0, 12, 13))  # GOP sizes 12, 1, 1
     fields = header.fields()
-    assert fields[0] == "g0000.iframe.png"
-    assert fields[1:3] == ["g0000.p01.mv.npy.zst", "g0000.p01.res.npy.zst"]
-    assert fields[-2:] == ["g0001.iframe.png", "g0002.iframe.png"]
+    assert fields[0] == "g0000.iframe.delta.npy.zst"
+    assert fields[1:3] == ["g0000.p01.mv.npy.zst", "g0000.p01.res.delta.npy.zst"]
+    assert fields[-2:] == ["g0001.iframe.delta.npy.zst", "g0002.iframe.delta.npy.zst"]
     assert len(fields) == 3 + 2 * 11
     with pytest.raises(KeyError, match="not stored"):
         header.field(ss.MV, 1, 1)

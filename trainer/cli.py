@@ -6,6 +6,7 @@
     cvtrain logits METHOD_DIR [...]                     dump the 12 exits' logits and their measured cost
     cvtrain wise METHOD_DIR [--set wise.x=...]          fit WISE, sweep early exit and segments
     cvtrain report RUN_DIR                              Markdown report and plots over seeds
+    cvtrain bench-data --config FILE [--workers 0,4,8]  loader vs model videos/s: workers needed
 
 The same under `python -m trainer.cli ...` and under torchrun, e.g.
 `torchrun --nproc_per_node 8 -m trainer.cli fit --config ucf101_iframe`: each process
@@ -120,6 +121,17 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_bench_data(args: argparse.Namespace) -> int:
+    from trainer.analysis.input_rate import bench_data, format_bench
+    from trainer.data.shard_reader import loader_workers
+
+    cfg = load_config(args.config, args.overrides)
+    device = distributed.pick_device(cfg.run.device)
+    workers = args.workers if args.workers is not None else sorted({0, 1, loader_workers(-1)})
+    print(format_bench(bench_data(cfg, workers, args.batches, args.steps, device)))
+    return 0
+
+
 def _names(text: str) -> list[str]:
     return [t for t in text.split(",") if t]
 
@@ -128,7 +140,7 @@ def _ints(text: str) -> list[int]:
     try:
         return [int(t) for t in text.split(",") if t]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated epochs, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _add_fit(subparsers: argparse._SubParsersAction) -> None:
@@ -211,9 +223,23 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_report)
 
 
+def _add_bench_data(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("bench-data", help="measure whether the loader keeps the model busy",
+                              description="Time the config's training batches (workers read and decompress, the "
+                                          "device augments) for each number of workers, and the network's "
+                                          "training step on run.device; says how many workers keep it busy.")
+    p.add_argument("--config", required=True, metavar="FILE", help="a TOML config file, or a bundled one")
+    p.add_argument("--workers", type=_ints, metavar="N1,N2,...",
+                   help="loader workers to try (default: 0, 1 and one per core)")
+    p.add_argument("--batches", type=int, default=20, help="batches timed per setting (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=10, help="model steps timed (default: %(default)s)")
+    _add_overrides(p)
+    p.set_defaults(func=_run_bench_data)
+
+
 # Subcommands in the order `cvtrain --help` lists them; later stages add theirs here.
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_fit, _add_eval, _add_ic, _add_logits,
-                                                                          _add_wise, _add_report)
+                                                                          _add_wise, _add_report, _add_bench_data)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -80,7 +80,7 @@ class DataConfig:
     num_segments: int = field(default=3, metadata=_at_least(1))  # TSN segments in training
     eval_segments: int = field(default=3, metadata=_at_least(1))  # segments per video in evaluation
     input_size: int = field(default=224, metadata=_at_least(16))
-    workers: int = field(default=4, metadata=_at_least(0))  # data-loader processes per rank
+    workers: int = field(default=-1, metadata=_at_least(-1))  # data-loader processes per rank; -1 = one per core
     # training crop scales, fractions of the shorter side; [] = CoViAR's per modality
     crop_scales: list[float] = field(default_factory=list, metadata=_in_range(0, 1, above=True))
     test_crops: int = field(default=1, metadata=_choices(1, 10))  # centre crop, or the ten-crop view

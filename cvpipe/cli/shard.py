@@ -24,7 +24,7 @@ from cvpipe.shards.output import OutputProblem
 from cvpipe.shards.verify import failure_lines
 from cvpipe.shards.writer import ShardOptions
 
-_PNG_LEVEL = DEFAULT_ENCODINGS[IFRAME].level
+_PNG_LEVEL = 1
 _ZSTD_LEVEL = DEFAULT_ENCODINGS[MV].level
 
 
@@ -44,13 +44,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--positions", default="all",
                    help="P positions of each GOP whose accumulated MV and residual are stored: "
                         "'all', 'everyN' (1, 1+N, ...) or a list such as '1,5,11' (default: all)")
-    p.add_argument("--iframe-format", choices=("png", "jpeg"), default="png",
-                   help=f"I-frames as lossless PNG (zlib level {_PNG_LEVEL}) or JPEG (lossy, "
-                        f"--jpeg-quality) (default: png)")
+    p.add_argument("--iframe-format", choices=("delta.npy.zst", "png", "jpeg"), default=DEFAULT_ENCODINGS[IFRAME].format,
+                   help=f"I-frames as zstd-compressed row deltas (lossless, fastest to read), PNG (lossless, "
+                        f"zlib level {_PNG_LEVEL}) or JPEG (lossy, --jpeg-quality) (default: %(default)s)")
+    p.add_argument("--residual-format", choices=("delta.npy.zst", "npy.zst"),
+                   default=DEFAULT_ENCODINGS[RESIDUAL].format,
+                   help="residuals as zstd-compressed row deltas or plain arrays (default: %(default)s)")
     p.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY,
                    help=f"JPEG quality 1..95 for --iframe-format jpeg (default: {JPEG_QUALITY})")
     p.add_argument("--zstd-level", type=int, default=_ZSTD_LEVEL,
-                   help=f"zstd level of the MV and residual members, 1..22 (default: {_ZSTD_LEVEL})")
+                   help=f"zstd level of every zstd-compressed member, 1..22 (default: {_ZSTD_LEVEL})")
     p.add_argument("--force", action="store_true",
                    help="go on although --out holds files cvpipe shard did not write (they are left alone)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -58,10 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> ShardOptions:
-    iframe = (Encoding("png", level=_PNG_LEVEL) if args.iframe_format == "png"
-              else Encoding("jpeg", quality=args.jpeg_quality))
-    dense = Encoding("npy.zst", level=args.zstd_level)
-    return ShardOptions(positions=args.positions, encodings={IFRAME: iframe, MV: dense, RESIDUAL: dense})
+    iframe = {"png": Encoding("png", level=_PNG_LEVEL), "jpeg": Encoding("jpeg", quality=args.jpeg_quality)}.get(
+        args.iframe_format) or Encoding(args.iframe_format, level=args.zstd_level)
+    return ShardOptions(positions=args.positions, encodings={
+        IFRAME: iframe, MV: Encoding(DEFAULT_ENCODINGS[MV].format, level=args.zstd_level),
+        RESIDUAL: Encoding(args.residual_format, level=args.zstd_level)})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """What a shard member holds and how its bytes are made: the three kinds, CoViAR's uint8
 quantisation of motion vectors and residuals, and the encodings (PNG, JPEG, npy,
-zstd-compressed npy) a member may be stored in. `cvpipe.shards.schema` lays the members out
+zstd-compressed npy, zstd-compressed row deltas) a member may be stored in. `cvpipe.shards.schema` lays the members out
 in a sample; like it, this needs only numpy, Pillow and zstandard, and the trainer reads
 through it.
 
@@ -75,9 +75,13 @@ def quantise_residual(residual: np.ndarray) -> np.ndarray:
 
 # --- Member encodings -----------------------------------------------------------------
 
-# format -> file extension; which kinds may use it.
-FORMATS = {"png": "png", "jpeg": "jpg", "npy": "npy", "npy.zst": "npy.zst"}
-ALLOWED_FORMATS = {IFRAME: ("png", "jpeg"), MV: ("npy.zst", "npy", "png"), RESIDUAL: ("npy.zst", "npy", "png")}
+# format -> file extension; which kinds may use it. "delta.npy.zst" stores each row minus
+# the row above (mod 256; PNG's "Up" filter) as zstd-compressed npy: zstd alone finds
+# little to repeat in a photograph or a residual, the deltas are small and repeat.
+FORMATS = {"png": "png", "jpeg": "jpg", "npy": "npy", "npy.zst": "npy.zst", "delta.npy.zst": "delta.npy.zst"}
+_ARRAYS = ("delta.npy.zst", "npy.zst", "npy")
+ALLOWED_FORMATS = {IFRAME: (*_ARRAYS, "png", "jpeg"), MV: (*_ARRAYS, "png"), RESIDUAL: (*_ARRAYS, "png")}
+_ZSTD = ("npy.zst", "delta.npy.zst")
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ class Encoding:
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ValueError(f"encoding format {self.format!r} is not one of {', '.join(FORMATS)}")
-        bounds = {"png": (0, 9), "npy.zst": (1, 22)}.get(self.format)
+        bounds = {"png": (0, 9), "npy.zst": (1, 22), "delta.npy.zst": (1, 22)}.get(self.format)
         if (self.level is not None) != (bounds is not None):
             raise ValueError(f"encoding {self.format!r}: a level is {'required' if bounds else 'not used'}")
         if bounds and not bounds[0] <= self.level <= bounds[1]:
@@ -118,13 +122,14 @@ class Encoding:
         return cls(**data)
 
 
-# Chosen by measurement (README, "Shards"): zstd-compressed npy is within a few percent of
-# PNG's size for MV and residual and decodes 3-4x faster; PNG level 1 is within ~5% of
-# level 6's size for I-frames at a third of the encoding time.
+# Chosen by measurement (benchmarks/bench_shard.py, README "Shards"): row deltas + zstd
+# are 9% smaller than PNG level 1 for real I-frames and decompress in an eighth of its
+# time (the deltas are summed back on the training device); for residuals they are 21%
+# smaller than zstd alone; motion fields are small either way and zstd alone is the fastest.
 DEFAULT_ENCODINGS = {
-    IFRAME: Encoding("png", level=1),
+    IFRAME: Encoding("delta.npy.zst", level=3),
     MV: Encoding("npy.zst", level=3),
-    RESIDUAL: Encoding("npy.zst", level=3),
+    RESIDUAL: Encoding("delta.npy.zst", level=3),
 }
 JPEG_QUALITY = 95
 
@@ -140,7 +145,9 @@ def encode_member(kind: str, array: np.ndarray, encoding: Encoding) -> bytes:
     check_encoding(kind, encoding)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != CHANNELS[kind]:
         raise ValueError(f"{kind} member must be (H, W, {CHANNELS[kind]}) uint8, not {array.shape} {array.dtype}")
-    if encoding.format in ("npy", "npy.zst"):
+    if encoding.format in _ARRAYS:
+        if encoding.format == "delta.npy.zst":
+            array = row_deltas(array)
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
         data = buffer.getvalue()
@@ -157,13 +164,32 @@ def encode_member(kind: str, array: np.ndarray, encoding: Encoding) -> bytes:
     return buffer.getvalue()
 
 
+def row_deltas(array: np.ndarray) -> np.ndarray:
+    """Each row minus the row above, mod 256 (the first row as it is)."""
+    deltas = array.copy()
+    deltas[1:] -= array[:-1]
+    return deltas
+
+
+def undo_row_deltas(deltas: np.ndarray) -> np.ndarray:
+    """The array `row_deltas` was given: running sums down the rows, mod 256."""
+    return np.cumsum(deltas, axis=0, dtype=np.uint8)
+
+
 def decode_member(kind: str, data: bytes, encoding: Encoding) -> np.ndarray:
     """The array `encode_member` was given (for JPEG, its lossy approximation)."""
+    array, deltas = read_member(kind, data, encoding)
+    return undo_row_deltas(array) if deltas else np.ascontiguousarray(array)
+
+
+def read_member(kind: str, data: bytes, encoding: Encoding) -> tuple[np.ndarray, bool]:
+    """A member's array as stored, read-only where it can be (no copy of numpy's bytes),
+    and whether it holds row deltas (`undo_row_deltas`, or the trainer's device-side sum)."""
     check_encoding(kind, encoding)
     try:
-        if encoding.format in ("npy", "npy.zst"):
-            raw = data if encoding.format == "npy" else zstandard.ZstdDecompressor().decompress(data)
-            array = np.load(io.BytesIO(raw), allow_pickle=False)
+        if encoding.format in _ARRAYS:
+            raw = zstandard.ZstdDecompressor().decompress(data) if encoding.format in _ZSTD else data
+            array = _npy_view(raw)
         else:
             with Image.open(io.BytesIO(data)) as image:
                 array = np.asarray(image)
@@ -174,4 +200,20 @@ def decode_member(kind: str, data: bytes, encoding: Encoding) -> np.ndarray:
         raise ValueError(f"{len(data)} bytes that do not decode as {encoding.format} ({type(e).__name__}: {e})") from None
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != CHANNELS[kind]:
         raise ValueError(f"decoded {kind} member is {array.shape} {array.dtype}, not (H, W, {CHANNELS[kind]}) uint8")
-    return np.ascontiguousarray(array)
+    return array, encoding.format == "delta.npy.zst"
+
+
+def _npy_view(raw: bytes) -> np.ndarray:
+    """The array of npy bytes as a view of them (np.load would copy)."""
+    stream = io.BytesIO(raw)
+    version = np.lib.format.read_magic(stream)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read_header is None:
+        raise ValueError(f"npy format version {version}")
+    shape, fortran, dtype = read_header(stream)
+    if fortran or dtype.hasobject:
+        raise ValueError("not a C-ordered plain array")
+    count = int(np.prod(shape))
+    if len(raw) - stream.tell() != count * dtype.itemsize:
+        raise ValueError(f"{len(raw) - stream.tell()} data bytes for shape {shape} {dtype}")
+    return np.frombuffer(raw, dtype, count, stream.tell()).reshape(shape)

@@ -9,9 +9,9 @@ name at the first dot, the rest is the sample's field). Fields:
 
     json                       the header (Header): who the video is, its GOP table,
                                which positions are stored and how each member is encoded
-    g0003.iframe.png           GOP 3's I-frame (position 0), BGR as an RGB image
+    g0003.iframe.delta.npy.zst GOP 3's I-frame (position 0), BGR, as row deltas
     g0003.p05.mv.npy.zst       accumulated motion vectors at GOP 3, position 5
-    g0003.p05.res.npy.zst      accumulated residual at GOP 3, position 5
+    g0003.p05.res.delta.npy.zst  accumulated residual at GOP 3, position 5
 
 The extension says the encoding and is recorded in the header too, so a reader builds
 field names with `Header.field` instead of listing the tar. The header also lists the
@@ -20,8 +20,8 @@ a flipped bit is a reported corrupt member, never a silently different array. Me
 a sample are adjacent in the tar: the header first, then GOP by GOP the I-frame and, position by
 position, MV then residual.
 
-What a member holds and how its bytes are encoded (the kinds, CoViAR's quantisation, PNG
-and zstd) is `cvpipe.shards.codec`; the kinds are named here too, since every Header
+What a member holds and how its bytes are encoded (the kinds, CoViAR's quantisation, PNG,
+zstd and row deltas) is `cvpipe.shards.codec`; the kinds are named here too, since every Header
 call takes one.
 """
 
@@ -46,7 +46,8 @@ from cvpipe.shards.codec import (
     RESIDUAL,
     Encoding,
     check_encoding,
-    decode_member,
+    read_member,
+    undo_row_deltas,
 )
 
 __all__ = ["CHANNELS", "HEADER_FIELD", "IFRAME", "KINDS", "MV", "READABLE_VERSIONS", "RESIDUAL", "SCHEMA_VERSION",
@@ -54,10 +55,11 @@ __all__ = ["CHANNELS", "HEADER_FIELD", "IFRAME", "KINDS", "MV", "READABLE_VERSIO
            "segment_range", "select_positions"]
 
 # Bump on any change a reader must know about (fields, names, encodings, quantisation).
-# 2: each header lists a CRC-32 per member, which decoding checks. Version 1 shards (no
-# checksums) are still read.
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# 2: each header lists a CRC-32 per member, which decoding checks. 3: the delta.npy.zst
+# encoding (row deltas), the default for I-frames and residuals. Versions 1 (no checksums)
+# and 2 are still read.
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 HEADER_FIELD = "json"
 
@@ -206,6 +208,12 @@ class Header:
     def decode(self, name: str, data: bytes) -> np.ndarray:
         """The array of member `name` (a field of this header) from its stored bytes;
         ValueError when they are not what was written (checksum) or do not decode."""
+        array, deltas = self.read(name, data)
+        return undo_row_deltas(array) if deltas else np.ascontiguousarray(array)
+
+    def read(self, name: str, data: bytes) -> tuple[np.ndarray, bool]:
+        """Member `name`'s array as stored (codec.read_member: maybe row deltas, maybe a
+        read-only view), after the checks of `decode`."""
         expected = self.checksums.get(name)
         if expected is not None and zlib.crc32(data) != expected:
             raise ValueError(f"{self.id}: member '{name}' is corrupt (CRC-32 {zlib.crc32(data):08x}, "
@@ -213,7 +221,7 @@ class Header:
         if self.schema_version >= 2 and expected is None:
             raise ValueError(f"{self.id}: member '{name}' is not one this header lists")
         kind = parse_field(name)[0]
-        return decode_member(kind, data, self.encodings[kind])
+        return read_member(kind, data, self.encodings[kind])
 
     # -- sampling: which stored member serves a frame index --
 

@@ -109,7 +109,7 @@ def evaluate_runs(
         model = ModalityNet(**state["model_args"])
         model.load_state_dict(state["model"])
         model.to(dist.device)
-        data = open_data(cfg, rank=dist.rank, world_size=dist.world_size)
+        data = open_data(cfg, rank=dist.rank, world_size=dist.world_size, device=dist.device)
         require_split(data, split, cfg)
         ev = evaluate_model(model, data.eval_batches(split), data.num_classes, dist=dist,
                             expected=data.split_size(split), amp=cfg.run.amp and dist.device.type == "cuda",

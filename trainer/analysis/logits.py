@@ -100,7 +100,7 @@ def dump_logits(
         for split, counts in segment_counts(cfg, modality).items():
             for segments in counts:
                 scfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_segments=segments))
-                data = open_data(scfg, rank=dist.rank, world_size=dist.world_size)
+                data = open_data(scfg, rank=dist.rank, world_size=dist.world_size, device=dist.device)
                 require_split(data, split, cfg)
                 if data.num_classes != model.net.num_classes:
                     raise ValueError(f"{members[0][0]}: the {modality} network has {model.net.num_classes} "

@@ -2,6 +2,8 @@
 
 `contract` is what the training loop may rely on (the DataModule, its batches, the
 modalities); `shard_reader` implements it over `cvpipe shard`'s output, reading only the
-members a video's segments sample; `tensors` over in-memory tensors for tests;
-`transforms` are CoViAR's crops, flip and normalisation; `sources.open_data` picks one.
+members a video's segments sample, its loader workers only reading and decompressing;
+`batches` carries their arrays to the training device and makes the inputs there with
+`transforms` (CoViAR's crops, flip and normalisation for a whole batch); `tensors` serves
+in-memory tensors for tests; `sources.open_data` picks one.
 """

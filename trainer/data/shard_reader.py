@@ -35,8 +35,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tar_file_iterator
 
 from cvpipe.shards import listing, schema
+from trainer.data.batches import StoredBatch, StoredVideo, collate, to_device
 from trainer.data.contract import Batch, DataError, per_rank_batch, steps_per_epoch
-from trainer.data.transforms import CROP_SCALES, draw_crop, test_views, train_view
+from trainer.data.transforms import CROP_SCALES, draw_crop, eval_views, train_views
 
 if TYPE_CHECKING:
     from trainer.config import Config
@@ -117,28 +118,26 @@ def pick(header: schema.Header, sample: dict[str, bytes], sampling: Sampling, rn
     return Picked(header, members, names, where)
 
 
-def video_inputs(picked: Picked, sampling: Sampling, rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
-    """Per modality, (segments x crops, C, size, size) for one video: the same frames and,
-    in training, the same crop and flip for every modality."""
+def video_frames(picked: Picked, sampling: Sampling, rng: np.random.Generator | None) -> StoredVideo:
+    """One video's members as stored and its views: the same frames and, in training, the
+    same crop and flip for every modality. Decompressed here; augmented on the device."""
     header = picked.header
     if sampling.train:
         crop = draw_crop(header.width, header.height, sampling.size, sampling.scales, rng,
                          0.5 if sampling.flip else 0.0)
-    inputs = {}
+        views = train_views(crop, sampling.size)
+    else:
+        views = eval_views(header.width, header.height, sampling.size, sampling.test_crops)
+    arrays = {}
     for modality in sampling.modalities:
-        views = []
+        arrays[modality] = []
         for segment in range(sampling.segments):
             try:
-                array = header.decode(picked.names[modality, segment], picked.members[modality, segment])
+                arrays[modality].append(header.read(picked.names[modality, segment], picked.members[modality, segment]))
             except Exception as e:  # noqa: BLE001 - any decoder failure means a corrupt member
                 raise ShardProblem(f"{picked.where}: member '{picked.names[modality, segment]}' "
                                    f"does not decode: {e}") from None
-            if sampling.train:
-                views.append(train_view(array, modality, sampling.size, crop)[None])
-            else:
-                views.append(test_views(array, modality, sampling.size, sampling.test_crops))
-        inputs[modality] = torch.cat(views)
-    return inputs
+    return StoredVideo(arrays, views, header.label, header.id)
 
 
 class StoredSample(Mapping[str, bytes]):
@@ -238,14 +237,14 @@ class VideoStream(IterableDataset):
         while True:
             yield self.shards[rng.integers(len(self.shards))]
 
-    def _videos(self, shards, rng: np.random.Generator | None) -> Iterator[tuple[dict, int, str] | str]:
-        """(inputs, label, id) per usable video; per skipped one, why (shard, key, member)."""
+    def _videos(self, shards, rng: np.random.Generator | None) -> Iterator[StoredVideo | str]:
+        """Per usable video its stored frames; per skipped one, why (shard, key, member)."""
         for picked in self._shuffled(self._picked(shards, rng), rng):
             if isinstance(picked, str):
                 yield picked
                 continue
             try:
-                yield video_inputs(picked, self.sampling, rng), picked.header.label, picked.header.id
+                yield video_frames(picked, self.sampling, rng)
             except ShardProblem as e:
                 yield str(e)
 
@@ -276,8 +275,8 @@ class VideoStream(IterableDataset):
         while buffer:
             yield buffer.pop(rng.integers(len(buffer)))
 
-    def _batches(self, videos) -> Iterator[Batch]:
-        inputs, labels, ids, skipped = [], [], [], []
+    def _batches(self, videos) -> Iterator[StoredBatch]:
+        batch, skipped = [], []
         for video in videos:
             if isinstance(video, str):
                 skipped.append(video)
@@ -285,23 +284,16 @@ class VideoStream(IterableDataset):
                 if len(skipped) > MAX_SKIPPED_IN_A_ROW:
                     raise RuntimeError(f"{len(skipped)} videos in a row could not be read, e.g. {skipped[-1]}")
                 continue
-            inputs.append(video[0])
-            labels.append(video[1])
-            ids.append(video[2])
-            if len(inputs) == self.batch_size:
-                yield self._batch(inputs, labels, ids, skipped)
-                inputs, labels, ids, skipped = [], [], [], []
-        if inputs or skipped:
-            yield self._batch(inputs, labels, ids, skipped)
+            batch.append(video)
+            if len(batch) == self.batch_size:
+                yield self._collate(batch, skipped)
+                batch, skipped = [], []
+        if batch or skipped:
+            yield self._collate(batch, skipped)
 
-    def _batch(self, inputs: list[dict[str, torch.Tensor]], labels: list[int], ids: list[str],
-               skipped: list[str]) -> Batch:
-        stacked = {m: torch.stack([i[m] for i in inputs]) if inputs else torch.empty(0) for m in self.sampling.modalities}
-        batch: Batch = {"input": stacked[self.sampling.modalities[0]], "label": torch.tensor(labels, dtype=torch.int64),
-                        "id": ids, "skipped": skipped}
-        if len(stacked) > 1:
-            batch["inputs"] = stacked
-        return batch
+    def _collate(self, videos: list[StoredVideo], skipped: list[str]) -> StoredBatch:
+        s = self.sampling
+        return collate(videos, s.modalities, s.segments, 1 if s.train else s.test_crops, skipped)
 
 
 class ShardData:
@@ -309,11 +301,14 @@ class ShardData:
 
     Batches hold `cfg.model.modality` as "input"; with more `modalities` (the teachers of
     PKD, the fused evaluation) they also hold "inputs", a dict of all of them, sampled at
-    the same frames with the same crops.
+    the same frames with the same crops. Batches are made on `device` (trainer.data.batches:
+    workers decompress, the device augments).
     """
 
-    def __init__(self, cfg: Config, *, rank: int, world_size: int, modalities: Sequence[str] = ()) -> None:
+    def __init__(self, cfg: Config, *, rank: int, world_size: int, modalities: Sequence[str] = (),
+                 device: torch.device | None = None) -> None:
         self.cfg = cfg
+        self.device = device or torch.device("cpu")
         self.modalities = (cfg.model.modality,) + tuple(m for m in modalities if m != cfg.model.modality)
         self.root = Path(cfg.data.root)
         self.rank, self.world_size = rank, world_size
@@ -345,21 +340,34 @@ class ShardData:
                         scales=tuple(data.crop_scales) or CROP_SCALES[modality], flip=data.flip,
                         read=data.read)
 
-    def _loader(self, stream: VideoStream) -> DataLoader:
-        workers = self.cfg.data.workers
-        return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
-                          prefetch_factor=2 if workers else None)
+    def _batches(self, stream: VideoStream) -> Iterator[Batch]:
+        workers = loader_workers(self.cfg.data.workers)
+        loader = DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
+                            prefetch_factor=2 if workers else None, pin_memory=self.device.type == "cuda")
+        for stored in loader:
+            yield to_device(stored, self.cfg.data.input_size, self.device)
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         stream = VideoStream(self._shards("train"), self._sampling(True), self.batch_size, self.cfg.run.seed,
                              self.rank, epoch=epoch, shuffle_buffer=self.cfg.data.shuffle_buffer)
-        return iter(self._loader(stream))
+        return self._batches(stream)
 
     def eval_batches(self, split: str) -> Iterator[Batch]:
         shards = self._shards(split)[self.rank::self.world_size]
         stream = VideoStream(shards, self._sampling(False), self.batch_size, self.cfg.run.seed, self.rank)
-        return iter(self._loader(stream))
+        return self._batches(stream)
 
 
-def open_shards(cfg: Config, *, rank: int, world_size: int, modalities: Sequence[str] = ()) -> ShardData:
-    return ShardData(cfg, rank=rank, world_size=world_size, modalities=modalities)
+def loader_workers(configured: int) -> int:
+    """data.workers, or for -1 one per CPU core this rank may use (the cores this
+    process may run on, shared by torchrun's local ranks): workers only read and
+    decompress, so a core keeps one busy."""
+    if configured >= 0:
+        return configured
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def open_shards(cfg: Config, *, rank: int, world_size: int, modalities: Sequence[str] = (),
+                device: torch.device | None = None) -> ShardData:
+    return ShardData(cfg, rank=rank, world_size=world_size, modalities=modalities, device=device)

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
+
 from trainer.data.contract import DataModule
 
 if TYPE_CHECKING:
     from trainer.config import Config
 
 
-def open_data(cfg: Config, *, rank: int, world_size: int) -> DataModule:
-    """The data module `cfg.data.source` names, for this rank."""
+def open_data(cfg: Config, *, rank: int, world_size: int, device: torch.device | None = None) -> DataModule:
+    """The data module `cfg.data.source` names, for this rank; the shard reader makes its
+    batches on `device` (default the CPU)."""
     if cfg.data.source == "tensors":
         from trainer.data.tensors import TensorData
 
@@ -24,4 +27,4 @@ def open_data(cfg: Config, *, rank: int, world_size: int) -> DataModule:
     # Imported here: webdataset is only needed for shards.
     from trainer.data.shard_reader import open_shards
 
-    return open_shards(cfg, rank=rank, world_size=world_size)
+    return open_shards(cfg, rank=rank, world_size=world_size, device=device)

@@ -1,76 +1,58 @@
-"""CoViAR's input pipeline for one segment: crops, flips and normalisation.
+"""CoViAR's input pipeline for a whole batch, on the training device: crops, flips and
+normalisation in a few tensor operations.
 
-Arrays come in as the shards store them, uint8 (H, W, C): BGR I-frames, and MV and
-residual already in CoViAR's uint8 quantisation (cvpipe.shards.schema). Out come float32
-(C, size, size) tensors normalised exactly as CoViAR's data loader does:
+Loader workers only read and decompress: they hand over uint8 frames as the shards store
+them, (B, S, H, W, C) per modality (BGR I-frames; MV and residual already in CoViAR's
+uint8 quantisation, cvpipe.shards.codec), and each video's views as numbers (`View`): the
+crop and flip drawn where TSN draws them, so seeds, DDP and resuming are unchanged.
+`apply_views` then runs where the frames are (the GPU, or the CPU where there is none) and
+returns float32 (B, S x V, C, size, size), normalised exactly as CoViAR's data loader does:
 
     iframe:    BGR -> RGB, x / 255, then (x - mean) / std      (ImageNet mean and std)
     mv:        x / 255 - 0.5
     residual:  (x / 255 - 0.5) / std                            (channels stay BGR)
 
-Training crops are TSN's multi-scale corner crops resized to `size`, and a horizontal
-flip that also negates the motion's x (256 - q on the quantised value, as CoViAR does);
-testing scales the shorter side to size * 256 / 224 and takes the centre crop (or the
-ten-crop view: four corners and the centre, each also flipped).
+Training views are TSN's multi-scale corner crops resized to `size`, and a horizontal flip
+that also negates the motion's x (256 - q on the quantised value, as CoViAR does); testing
+scales the shorter side to size * 256 / 224 and takes the centre crop (or the ten-crop
+view: four corners and the centre, each also flipped).
+
+Resizing is bilinear with half-pixel centres and no antialiasing (OpenCV's INTER_LINEAR,
+as CoViAR; torch's `interpolate(mode="bilinear", align_corners=False)`): each output
+pixel's source position is computed per axis as `interpolate` computes it (clamped to the
+crop), so a crop-then-resize or a resize-then-crop is one `grid_sample` per batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 MODALITIES = ("iframe", "mv", "residual")
 CHANNELS = {"iframe": 3, "mv": 2, "residual": 3}
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 # TSN's crop scales relative to the shorter side: CoViAR keeps .66 for I-frames only.
 CROP_SCALES = {"iframe": (1.0, 0.875, 0.75, 0.66), "mv": (1.0, 0.875, 0.75), "residual": (1.0, 0.875, 0.75)}
 MAX_DISTORT = 1  # crop width and height scale indices may differ by at most this
+AXIS_FIELDS = 4  # per axis of a view: source length, resized length, offset in it, origin in the frame
 
 
-def to_tensor(array: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, C) -> float32 (C, H, W), values unchanged (0..255)."""
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float()
+@dataclass(frozen=True)
+class View:
+    """Where one output image comes from, per axis: the stored frame's `origin`.. span
+    of `length` pixels is resized to `resized` pixels, of which the output takes `size`
+    from `offset` on. A training crop: length = crop, resized = size, offset 0; a test
+    view: length = the frame, resized = its scaled size, offset = the crop's corner."""
 
-
-def normalise(x: torch.Tensor, modality: str) -> torch.Tensor:
-    """CoViAR's normalisation of a (C, H, W) tensor of stored values 0..255."""
-    if modality == "iframe":
-        return (x.flip(0) / 255 - IMAGENET_MEAN) / IMAGENET_STD
-    if modality == "mv":
-        return x / 255 - 0.5
-    if modality == "residual":
-        return (x / 255 - 0.5) / IMAGENET_STD
-    raise ValueError(f"unknown modality {modality!r}; valid: {', '.join(MODALITIES)}")
-
-
-def flip(x: torch.Tensor, modality: str) -> torch.Tensor:
-    """Horizontal flip; a flipped motion field also points the other way in x."""
-    x = x.flip(-1)
-    if modality == "mv":
-        x = x.clone()
-        x[0] = 256 - x[0]
-    return x
-
-
-def resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinear, half-pixel centres, no antialiasing (OpenCV's INTER_LINEAR, as CoViAR)."""
-    if x.shape[-2:] == (height, width):
-        return x
-    return F.interpolate(x[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-
-
-def corner_offsets(width: int, height: int, crop_w: int, crop_h: int, more: bool) -> list[tuple[int, int]]:
-    """TSN's fixed crop positions: corners and centre, and with `more` eight more between."""
-    w, h = (width - crop_w) // 4, (height - crop_h) // 4
-    offsets = [(0, 0), (4 * w, 0), (0, 4 * h), (4 * w, 4 * h), (2 * w, 2 * h)]
-    if more:
-        offsets += [(0, 2 * h), (4 * w, 2 * h), (2 * w, 4 * h), (2 * w, 0),
-                    (w, h), (3 * w, h), (w, 3 * h), (3 * w, 3 * h)]
-    return offsets
+    x: tuple[int, int, int, int]  # (length, resized, offset, origin)
+    y: tuple[int, int, int, int]
+    flip: bool = False
 
 
 def draw_crop(width: int, height: int, size: int, scales: Sequence[float],
@@ -88,30 +70,93 @@ def draw_crop(width: int, height: int, size: int, scales: Sequence[float],
     return x, y, crop_w, crop_h, bool(rng.random() < flip_chance)
 
 
-def train_view(array: np.ndarray, modality: str, size: int, crop: tuple[int, int, int, int, bool]) -> torch.Tensor:
-    """One training segment: the video's crop, resized to size x size, maybe flipped, normalised."""
+def corner_offsets(width: int, height: int, crop_w: int, crop_h: int, more: bool) -> list[tuple[int, int]]:
+    """TSN's fixed crop positions: corners and centre, and with `more` eight more between."""
+    w, h = (width - crop_w) // 4, (height - crop_h) // 4
+    offsets = [(0, 0), (4 * w, 0), (0, 4 * h), (4 * w, 4 * h), (2 * w, 2 * h)]
+    if more:
+        offsets += [(0, 2 * h), (4 * w, 2 * h), (2 * w, 4 * h), (2 * w, 0),
+                    (w, h), (3 * w, h), (w, 3 * h), (3 * w, 3 * h)]
+    return offsets
+
+
+def train_views(crop: tuple[int, int, int, int, bool], size: int) -> list[View]:
+    """A drawn crop (x, y, w, h, flip) as the one view of a training segment."""
     x0, y0, w, h, flipped = crop
-    x = resize(to_tensor(array)[:, y0:y0 + h, x0:x0 + w], size, size)
-    if flipped:
-        x = flip(x, modality)
-    return normalise(x, modality)
+    return [View(x=(w, size, 0, x0), y=(h, size, 0, y0), flip=flipped)]
 
 
-def test_views(array: np.ndarray, modality: str, size: int, crops: int = 1) -> torch.Tensor:
-    """A test segment: the shorter side scaled to size * 256 / 224, then the centre crop
-    (crops=1) or the ten-crop view (crops=10). Returns (crops, C, size, size)."""
+def eval_views(width: int, height: int, size: int, crops: int = 1) -> list[View]:
+    """A test segment's views: the shorter side scaled to size * 256 / 224, then the
+    centre crop (crops=1) or the ten-crop view (crops=10: four corners and the centre,
+    then the same five flipped)."""
     if crops not in (1, 10):
         raise ValueError(f"test crops must be 1 or 10, not {crops}")
-    x = to_tensor(array)
-    height, width = x.shape[-2:]
-    short = size * 256 // 224
-    factor = short / min(height, width)
-    x = resize(x, round(height * factor), round(width * factor))
-    height, width = x.shape[-2:]
+    factor = (size * 256 // 224) / min(height, width)
+    resized_h, resized_w = round(height * factor), round(width * factor)
     if crops == 1:
-        y0, x0 = int(round((height - size) / 2)), int(round((width - size) / 2))
-        views = [x[:, y0:y0 + size, x0:x0 + size]]
+        corners = [(int(round((resized_w - size) / 2)), int(round((resized_h - size) / 2)))]
     else:
-        views = [x[:, y0:y0 + size, x0:x0 + size] for x0, y0 in corner_offsets(width, height, size, size, more=False)]
-        views += [flip(v, modality) for v in views]
-    return torch.stack([normalise(v, modality) for v in views])
+        corners = corner_offsets(resized_w, resized_h, size, size, more=False)
+    views = [View(x=(width, resized_w, x0, 0), y=(height, resized_h, y0, 0)) for x0, y0 in corners]
+    if crops == 10:
+        views += [View(v.x, v.y, flip=True) for v in views]
+    return views
+
+
+def views_tensor(views: Sequence[Sequence[View]]) -> Tensor:
+    """Per video, its views as int64 (B, V, 2 * AXIS_FIELDS + 1): x, y, flip; what a
+    batch carries from the loader to `apply_views`."""
+    return torch.tensor([[[*v.x, *v.y, int(v.flip)] for v in video] for video in views], dtype=torch.int64)
+
+
+def _grid_axis(axis: Tensor, size: int, frame_length: int, flip: Tensor | None) -> Tensor:
+    """For (..., AXIS_FIELDS) axis specs: each output pixel's source position, (..., size),
+    as torch's bilinear `interpolate` computes it (float32, half-pixel centres, clamped to
+    the span), in grid_sample's coordinates for a frame axis of `frame_length` pixels."""
+    length, resized, offset, origin = axis.unbind(-1)
+    scale = length.float() / resized.float()
+    j = torch.arange(size, device=axis.device, dtype=torch.float32)
+    source = scale[..., None] * ((j + offset[..., None]) + 0.5) - 0.5
+    source = torch.minimum(source.clamp(min=0), (length - 1)[..., None].float()) + origin[..., None]
+    if flip is not None:  # a mirrored view reads its columns right to left
+        source = torch.where(flip[..., None].bool(), source.flip(-1), source)
+    return (2 * source + 1) / frame_length - 1  # align_corners=False: -1 and 1 are the outer pixel edges
+
+
+def apply_views(frames: Tensor, views: Tensor, modality: str, size: int) -> Tensor:
+    """Stored frames uint8 (B, S, H, W, C) and views int64 (B, V, 9) (`views_tensor`) ->
+    float32 (B, S x V, C, size, size), segment-major, normalised; on `frames.device`.
+    Frames smaller than H x W sit at the top left (the views never reach the padding).
+    One bilinear `grid_sample` serves every segment, channel and view of a video."""
+    if frames.dtype != torch.uint8 or frames.dim() != 5 or frames.shape[-1] != CHANNELS[modality]:
+        raise ValueError(f"{modality} frames must be uint8 (B, S, H, W, {CHANNELS[modality]}), "
+                         f"not {tuple(frames.shape)} {frames.dtype}")
+    views = views.to(frames.device)
+    b, s, height, width, c = frames.shape
+    v = views.shape[1]
+    gx = _grid_axis(views[..., :AXIS_FIELDS], size, width, views[..., -1])  # (B, V, size)
+    gy = _grid_axis(views[..., AXIS_FIELDS:2 * AXIS_FIELDS], size, height, None)
+    # Views stacked along the output's height: (B, V * size, size, 2) as (x, y).
+    grid = torch.stack(torch.broadcast_tensors(gx[:, :, None, :], gy[:, :, :, None]), dim=-1).view(b, v * size, size, 2)
+    x = frames.permute(0, 1, 4, 2, 3).reshape(b, s * c, height, width).float()
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    x = x.view(b, s, c, v, size, size).transpose(2, 3)  # (B, S, V, C, size, size)
+    if modality == "mv":  # a mirrored motion field points the other way in x
+        flipped = views[..., -1].bool().view(b, 1, v, 1, 1)
+        x = x.clone()
+        x[:, :, :, 0] = torch.where(flipped, 256 - x[:, :, :, 0], x[:, :, :, 0])
+    return normalise(x.reshape(b, s * v, c, size, size), modality)
+
+
+def normalise(x: Tensor, modality: str) -> Tensor:
+    """CoViAR's normalisation of stored values 0..255, channels at dim -3."""
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; valid: {', '.join(MODALITIES)}")
+    if modality == "mv":
+        return x / 255 - 0.5
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
+    if modality == "residual":
+        return (x / 255 - 0.5) / std
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
+    return (x.flip(-3) / 255 - mean) / std

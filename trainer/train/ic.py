@@ -58,7 +58,7 @@ class TeacherData:
 
         if teachers not in self._loaders:
             self._loaders[teachers] = open_shards(self.cfg, rank=self.dist.rank, world_size=self.dist.world_size,
-                                                  modalities=teachers)
+                                                  modalities=teachers, device=self.dist.device)
         return self._loaders[teachers]
 
     def train_batches(self, epoch: int) -> Iterable[Batch]:
@@ -93,7 +93,7 @@ def open_ic_data(cfg: Config, dist: Dist) -> DataModule:
     if others:
         raise ConfigError(f"data.source 'tensors' holds one modality; the teachers {', '.join(others)} "
                           "need their own inputs: use shards, or ic.teachers = [\"self\"]")
-    return open_data(cfg, rank=dist.rank, world_size=dist.world_size)
+    return open_data(cfg, rank=dist.rank, world_size=dist.world_size, device=dist.device)
 
 
 class ICTask:

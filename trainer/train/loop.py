@@ -58,7 +58,10 @@ class EpochMeter:
     """Running sums of one training epoch, kept on the device (no sync per step) and
     averaged over ranks at the end. `wrap` takes exactly `steps` batches from an endless
     loader and shows loss, accuracy and samples/s on rank 0's progress bar. A task with
-    several scored outputs (the internal classifiers) gets a top-1 per output, by name."""
+    several scored outputs (the internal classifiers) gets a top-1 per output, by name.
+    It also times how long the loop waited for batches (the loader, and on the device
+    its augmentation): with CUDA's asynchronous steps that wait stays near zero while the
+    model is the bottleneck and grows when input cannot keep up."""
 
     def __init__(self, dist: Dist, steps: int, desc: str, show: bool, exits: Sequence[str] = ("",)) -> None:
         self.dist = dist
@@ -69,14 +72,17 @@ class EpochMeter:
         # The first step whose loss was not finite (-1: none), kept on the device: no sync per step.
         self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=dist.device)
         self.step = 0
+        self.data_wait = 0.0
         self.bar = tqdm(total=steps, desc=desc, unit="step", leave=False, disable=None if show and dist.is_main else True)
         self.start = time.perf_counter()
 
     def wrap(self, batches: Iterable[Batch]) -> Iterator[Batch]:
         batches = iter(batches)
         for step in range(self.steps):
+            waiting = time.perf_counter()
             try:
                 batch = next(batches)
+                self.data_wait += time.perf_counter() - waiting
             except StopIteration:
                 raise RuntimeError(f"the training loader ended after {step} of {self.steps} steps; "
                                    "it must be endless (resampled)") from None
@@ -114,7 +120,8 @@ class EpochMeter:
         seconds = time.perf_counter() - self.start
         top1 = {f"train_{name}_top1" if name else "train_top1": h / n for name, h in zip(self.exits, hits, strict=True)}
         return {"train_loss": loss / n, **top1, "train_videos": int(n), "train_skipped": int(skipped),
-                "seconds": seconds, "samples_per_s": n / seconds}
+                "seconds": seconds, "samples_per_s": n / seconds, "data_wait_s": self.data_wait,
+                "compute_s": seconds - self.data_wait}
 
 
 class Task(Protocol):
@@ -262,7 +269,7 @@ def fit(cfg: Config, dist: Dist | None = None, data: DataModule | None = None) -
     """
     dist = dist or distributed.setup(cfg.run.device)
     seed_everything(cfg.run.seed)
-    data = data or open_data(cfg, rank=dist.rank, world_size=dist.world_size)
+    data = data or open_data(cfg, rank=dist.rank, world_size=dist.world_size, device=dist.device)
     return train(cfg, BackboneTask(cfg, dist, data.num_classes), data, dist)
 
 
@@ -356,7 +363,8 @@ def _epoch_line(record: dict, epochs: int, exits: Sequence[str]) -> str:
 
     info = "".join(f" {k} {record[k]}" for k in ("teacher",) if record.get(k))
     line = (f"epoch {record['epoch']}/{epochs} lr {record['lr']:.2e}{info} | train loss {record['train_loss']:.4f} "
-            f"top-1 {top1('train')} {record['samples_per_s']:.1f} samples/s")
+            f"top-1 {top1('train')} {record['samples_per_s']:.1f} samples/s, "
+            f"waiting for data {record['data_wait_s']:.1f} s of {record['seconds']:.1f}")
     if "val_loss" in record:
         line += (f" | val loss {record['val_loss']:.4f} top-1 {record['val_top1']:.2%} "
                  f"top-5 {record['val_top5']:.2%} class {record['val_mean_class_acc']:.2%}")
