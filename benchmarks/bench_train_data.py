@@ -61,7 +61,7 @@ from cvpipe.shards import schema as ss  # noqa: E402
 from trainer.config import load_config  # noqa: E402
 from trainer.data.batches import StoredVideo, collate, to_device  # noqa: E402
 from trainer.data.contract import INPUT_CHANNELS  # noqa: E402
-from trainer.data.shard_reader import Sampling, VideoStream, pick, shard_samples, video_frames  # noqa: E402
+from trainer.data.shard_reader import KIND, Sampling, VideoStream, pick, shard_samples, video_frames  # noqa: E402
 from trainer.data.transforms import CROP_SCALES, draw_crop, train_views  # noqa: E402
 from trainer.models.networks import ModalityNet  # noqa: E402
 from trainer.train.optim import build_optimizer  # noqa: E402
@@ -265,7 +265,7 @@ def shard_breakdown(root: Path, sampling: Sampling, passes: int, clock: Clock) -
             with watch("header + pick (reads the sampled members)"):
                 picked = pick(ss.Header.from_json(sample[ss.HEADER_FIELD]), sample, sampling, rng,
                               f"{shard.name}: {key}")
-            formats = {m: picked.header.encodings[ss.KINDS[MODALITIES.index(m)]].format for m in MODALITIES}
+            formats = {m: picked.header.encodings[KIND[m]].format for m in MODALITIES}
             with watch("decompress (" + ", ".join(f"{m} {f}" for m, f in formats.items()) + ")"):
                 video = video_frames(picked, sampling, rng)
             used_bytes += sum(map(len, picked.members.values()))

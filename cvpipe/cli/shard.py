@@ -18,13 +18,12 @@ import os
 import sys
 
 from cvpipe.shards.cluster import EnvironmentProblem
-from cvpipe.shards.codec import DEFAULT_ENCODINGS, IFRAME, JPEG_QUALITY, MV, RESIDUAL, Encoding
+from cvpipe.shards.codec import DEFAULT_ENCODINGS, IFRAME, JPEG_QUALITY, MV, PNG_LEVEL, RESIDUAL, Encoding
 from cvpipe.shards.job import DEFAULT_SHARD_SIZE, run_job, summary_table
 from cvpipe.shards.output import OutputProblem
 from cvpipe.shards.verify import failure_lines
 from cvpipe.shards.writer import ShardOptions
 
-_PNG_LEVEL = 1
 _ZSTD_LEVEL = DEFAULT_ENCODINGS[MV].level
 
 
@@ -46,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "'all', 'everyN' (1, 1+N, ...) or a list such as '1,5,11' (default: all)")
     p.add_argument("--iframe-format", choices=("delta.npy.zst", "png", "jpeg"), default=DEFAULT_ENCODINGS[IFRAME].format,
                    help=f"I-frames as zstd-compressed row deltas (lossless, fastest to read), PNG (lossless, "
-                        f"zlib level {_PNG_LEVEL}) or JPEG (lossy, --jpeg-quality) (default: %(default)s)")
+                        f"zlib level {PNG_LEVEL}) or JPEG (lossy, --jpeg-quality) (default: %(default)s)")
     p.add_argument("--residual-format", choices=("delta.npy.zst", "npy.zst"),
                    default=DEFAULT_ENCODINGS[RESIDUAL].format,
                    help="residuals as zstd-compressed row deltas or plain arrays (default: %(default)s)")
@@ -61,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> ShardOptions:
-    iframe = {"png": Encoding("png", level=_PNG_LEVEL), "jpeg": Encoding("jpeg", quality=args.jpeg_quality)}.get(
+    iframe = {"png": Encoding("png", level=PNG_LEVEL), "jpeg": Encoding("jpeg", quality=args.jpeg_quality)}.get(
         args.iframe_format) or Encoding(args.iframe_format, level=args.zstd_level)
     return ShardOptions(positions=args.positions, encodings={
         IFRAME: iframe, MV: Encoding(DEFAULT_ENCODINGS[MV].format, level=args.zstd_level),

@@ -1,8 +1,8 @@
 """What a shard member holds and how its bytes are made: the three kinds, CoViAR's uint8
 quantisation of motion vectors and residuals, and the encodings (PNG, JPEG, npy,
-zstd-compressed npy, zstd-compressed row deltas) a member may be stored in. `cvpipe.shards.schema` lays the members out
-in a sample; like it, this needs only numpy, Pillow and zstandard, and the trainer reads
-through it.
+zstd-compressed npy, zstd-compressed row deltas) a member may be stored in.
+`cvpipe.shards.schema` lays the members out in a sample; like it, this needs only numpy,
+Pillow and zstandard, and the trainer reads through it.
 
 MV and residual are stored as CoViAR's network input quantisation (REFERENCE.md s.2;
 `quantise_mv`, `quantise_residual`): uint8, so the stored bytes are exactly what CoViAR's
@@ -132,6 +132,7 @@ DEFAULT_ENCODINGS = {
     RESIDUAL: Encoding("delta.npy.zst", level=3),
 }
 JPEG_QUALITY = 95
+PNG_LEVEL = 1  # for PNG I-frames: within ~5% of level 6's size at a third of its encoding time
 
 
 def check_encoding(kind: str, encoding: Encoding) -> None:

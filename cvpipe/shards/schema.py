@@ -46,8 +46,8 @@ from cvpipe.shards.codec import (
     RESIDUAL,
     Encoding,
     check_encoding,
+    decode_member,
     read_member,
-    undo_row_deltas,
 )
 
 __all__ = ["CHANNELS", "HEADER_FIELD", "IFRAME", "KINDS", "MV", "READABLE_VERSIONS", "RESIDUAL", "SCHEMA_VERSION",
@@ -208,20 +208,24 @@ class Header:
     def decode(self, name: str, data: bytes) -> np.ndarray:
         """The array of member `name` (a field of this header) from its stored bytes;
         ValueError when they are not what was written (checksum) or do not decode."""
-        array, deltas = self.read(name, data)
-        return undo_row_deltas(array) if deltas else np.ascontiguousarray(array)
+        kind = self._check(name, data)
+        return decode_member(kind, data, self.encodings[kind])
 
     def read(self, name: str, data: bytes) -> tuple[np.ndarray, bool]:
         """Member `name`'s array as stored (codec.read_member: maybe row deltas, maybe a
         read-only view), after the checks of `decode`."""
+        kind = self._check(name, data)
+        return read_member(kind, data, self.encodings[kind])
+
+    def _check(self, name: str, data: bytes) -> str:
+        """The kind of member `name`, once its bytes match the checksum this header lists."""
         expected = self.checksums.get(name)
         if expected is not None and zlib.crc32(data) != expected:
             raise ValueError(f"{self.id}: member '{name}' is corrupt (CRC-32 {zlib.crc32(data):08x}, "
                              f"written {expected:08x})")
         if self.schema_version >= 2 and expected is None:
             raise ValueError(f"{self.id}: member '{name}' is not one this header lists")
-        kind = parse_field(name)[0]
-        return read_member(kind, data, self.encodings[kind])
+        return parse_field(name)[0]
 
     # -- sampling: which stored member serves a frame index --
 

@@ -17,13 +17,12 @@ import time
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from trainer.config import Config
-from trainer.data.contract import INPUT_CHANNELS
+from trainer.data.contract import INPUT_CHANNELS, Batch
 from trainer.data.shard_reader import loader_workers, open_shards
-from trainer.models.networks import ModalityNet
-from trainer.train.optim import build_optimizer
+from trainer.train.distributed import Dist
+from trainer.train.loop import BackboneTask
 
 
 def loader_rate(cfg: Config, workers: int, batches: int, device: torch.device) -> float:
@@ -32,50 +31,49 @@ def loader_rate(cfg: Config, workers: int, batches: int, device: torch.device) -
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, workers=workers))
     stream = iter(open_shards(cfg, rank=0, world_size=1, device=device).train_batches(0))
     next(stream)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _synchronize(device)
     start = time.perf_counter()
     videos = 0
     for _ in range(batches):
         batch = next(stream)
         videos += len(batch["id"])
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _synchronize(device)
     return videos / (time.perf_counter() - start)
 
 
 def model_rate(cfg: Config, num_classes: int, steps: int, device: torch.device) -> float:
-    """Videos/s of the config's training step on `device` (after two warm-up steps)."""
-    model = ModalityNet(cfg.model.modality, cfg.model.arch, num_classes, cfg.model.width)
-    cuda = device.type == "cuda"
-    if cuda and cfg.run.channels_last:
-        model.to(memory_format=torch.channels_last)
-    model.to(device).train()
-    optimizer = build_optimizer(model, cfg.optim)
+    """Videos/s of the config's training step on `device` (after two warm-up steps): the
+    backbone task `cvtrain fit` trains (its model placement, autocast and loss), with the
+    same optimiser."""
+    task = BackboneTask(cfg, Dist(0, 1, 0, device), num_classes)
+    task.train_mode()
+    optimizer = torch.optim.Adam(task.param_groups(), lr=cfg.optim.lr, eps=cfg.optim.eps)
     size, batch = cfg.data.input_size, cfg.optim.batch_size
-    x = torch.randn(batch, cfg.data.num_segments, INPUT_CHANNELS[cfg.model.modality], size, size, device=device)
-    y = torch.randint(num_classes, (batch,), device=device)
+    inputs = Batch(input=torch.randn(batch, cfg.data.num_segments, INPUT_CHANNELS[cfg.model.modality], size, size,
+                                     device=device),
+                   label=torch.randint(num_classes, (batch,), device=device), id=[""] * batch)
     for step in range(2 + steps):
         if step == 2:
-            if cuda:
-                torch.cuda.synchronize(device)
+            _synchronize(device)
             start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.run.amp and cuda):
-            loss = F.cross_entropy(model(x).float(), y)
+        loss, _ = task.loss(task.model, inputs, 0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    if cuda:
-        torch.cuda.synchronize(device)
+    _synchronize(device)
     return steps * batch / (time.perf_counter() - start)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def bench_data(cfg: Config, workers: list[int], batches: int, steps: int, device: torch.device) -> dict[str, Any]:
     """The loader's rate per number of workers, the model's rate, and the workers it needs."""
     loader = {w: loader_rate(cfg, w, batches, device) for w in workers}
     per_worker = max(rate / max(w, 1) for w, rate in loader.items())
-    data = open_shards(cfg, rank=0, world_size=1)
-    model = model_rate(cfg, data.num_classes, steps, device)
+    model = model_rate(cfg, open_shards(cfg, rank=0, world_size=1).num_classes, steps, device)
     return {"device": str(device), "modality": cfg.model.modality, "batch_size": cfg.optim.batch_size,
             "input_size": cfg.data.input_size, "segments": cfg.data.num_segments, "loader_videos_s": loader,
             "per_worker_videos_s": per_worker, "model_videos_s": model, "workers_needed": model / per_worker,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NotRequired, TypedDict
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -36,13 +36,12 @@ class StoredVideo:
 
 
 class StoredBatch(TypedDict):
-    frames: dict[str, Tensor]      # modality -> uint8 (B, S, H, W, C)
+    frames: dict[str, Tensor]      # modality -> uint8 (B, S, H, W, C); the first is the Batch's "input"
     row_deltas: dict[str, Tensor]  # modality -> bool (B,)
-    views: Tensor                  # int64 (B, V, 9): transforms.views_tensor
+    views: Tensor                  # int64 (B, V, VIEW_FIELDS): transforms.views_tensor
     label: Tensor                  # int64 (B,)
     id: list[str]
     skipped: list[str]
-    first: NotRequired[str]        # the modality that is the Batch's "input"
 
 
 def collate(videos: Sequence[StoredVideo], modalities: Sequence[str], segments: int, views: int,
@@ -54,20 +53,19 @@ def collate(videos: Sequence[StoredVideo], modalities: Sequence[str], segments: 
         height, width = (max(s[0] for s in shapes), max(s[1] for s in shapes)) if shapes else (1, 1)
         uneven = any(s[:2] != (height, width) for s in shapes)
         out = (np.zeros if uneven else np.empty)((len(videos), segments, height, width, CHANNELS[modality]), np.uint8)
+        deltas = []
         for b, video in enumerate(videos):
+            flags = {d for _, d in video.arrays[modality]}
+            if len(flags) > 1:  # one flag per video and modality is all the device step reads
+                raise ValueError(f"{video.id}: {modality} members mix row deltas and plain arrays")
+            deltas.append(flags.pop())
             for s, (array, _) in enumerate(video.arrays[modality]):
                 out[b, s, :array.shape[0], :array.shape[1]] = array
         frames[modality] = torch.from_numpy(out)
-        row_deltas[modality] = torch.tensor([any(d for _, d in v.arrays[modality]) for v in videos], dtype=torch.bool)
-    for video in videos:
-        for modality in modalities:
-            if len({d for _, d in video.arrays[modality]}) > 1:
-                raise ValueError(f"{video.id}: {modality} members mix row deltas and plain arrays")
-    return StoredBatch(frames=frames, row_deltas=row_deltas,
-                       views=views_tensor([v.views for v in videos]) if videos else torch.zeros(0, views, 9,
-                                                                                                  dtype=torch.int64),
+        row_deltas[modality] = torch.tensor(deltas, dtype=torch.bool)
+    return StoredBatch(frames=frames, row_deltas=row_deltas, views=views_tensor([v.views for v in videos], views),
                        label=torch.tensor([v.label for v in videos], dtype=torch.int64),
-                       id=[v.id for v in videos], skipped=skipped, first=modalities[0])
+                       id=[v.id for v in videos], skipped=skipped)
 
 
 def to_device(stored: StoredBatch, size: int, device: torch.device) -> Batch:
@@ -82,7 +80,7 @@ def to_device(stored: StoredBatch, size: int, device: torch.device) -> Batch:
             frames = summed if bool(deltas.all()) else torch.where(
                 deltas.to(device, non_blocking=True).view(-1, 1, 1, 1, 1), summed, frames)
         inputs[modality] = apply_views(frames, views, modality, size)
-    batch: Batch = {"input": inputs[stored["first"]], "label": stored["label"].to(device, non_blocking=True),
+    batch: Batch = {"input": next(iter(inputs.values())), "label": stored["label"].to(device, non_blocking=True),
                     "id": stored["id"], "skipped": stored["skipped"]}
     if len(inputs) > 1:
         batch["inputs"] = inputs

@@ -33,14 +33,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-MODALITIES = ("iframe", "mv", "residual")
-CHANNELS = {"iframe": 3, "mv": 2, "residual": 3}
+from trainer.data.contract import INPUT_CHANNELS as CHANNELS
+from trainer.data.contract import MODALITIES
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # TSN's crop scales relative to the shorter side: CoViAR keeps .66 for I-frames only.
 CROP_SCALES = {"iframe": (1.0, 0.875, 0.75, 0.66), "mv": (1.0, 0.875, 0.75), "residual": (1.0, 0.875, 0.75)}
 MAX_DISTORT = 1  # crop width and height scale indices may differ by at most this
 AXIS_FIELDS = 4  # per axis of a view: source length, resized length, offset in it, origin in the frame
+VIEW_FIELDS = 2 * AXIS_FIELDS + 1  # x, y, flip
 
 
 @dataclass(frozen=True)
@@ -104,10 +106,11 @@ def eval_views(width: int, height: int, size: int, crops: int = 1) -> list[View]
     return views
 
 
-def views_tensor(views: Sequence[Sequence[View]]) -> Tensor:
-    """Per video, its views as int64 (B, V, 2 * AXIS_FIELDS + 1): x, y, flip; what a
+def views_tensor(views: Sequence[Sequence[View]], per_video: int) -> Tensor:
+    """Per video, its `per_video` views as int64 (B, V, VIEW_FIELDS): x, y, flip; what a
     batch carries from the loader to `apply_views`."""
-    return torch.tensor([[[*v.x, *v.y, int(v.flip)] for v in video] for video in views], dtype=torch.int64)
+    rows = [[[*v.x, *v.y, int(v.flip)] for v in video] for video in views]
+    return torch.tensor(rows, dtype=torch.int64).view(len(rows), per_video, VIEW_FIELDS)
 
 
 def _grid_axis(axis: Tensor, size: int, frame_length: int, flip: Tensor | None) -> Tensor:
@@ -125,7 +128,7 @@ def _grid_axis(axis: Tensor, size: int, frame_length: int, flip: Tensor | None) 
 
 
 def apply_views(frames: Tensor, views: Tensor, modality: str, size: int) -> Tensor:
-    """Stored frames uint8 (B, S, H, W, C) and views int64 (B, V, 9) (`views_tensor`) ->
+    """Stored frames uint8 (B, S, H, W, C) and views int64 (B, V, VIEW_FIELDS) (`views_tensor`) ->
     float32 (B, S x V, C, size, size), segment-major, normalised; on `frames.device`.
     Frames smaller than H x W sit at the top left (the views never reach the padding).
     One bilinear `grid_sample` serves every segment, channel and view of a video."""
@@ -144,7 +147,6 @@ def apply_views(frames: Tensor, views: Tensor, modality: str, size: int) -> Tens
     x = x.view(b, s, c, v, size, size).transpose(2, 3)  # (B, S, V, C, size, size)
     if modality == "mv":  # a mirrored motion field points the other way in x
         flipped = views[..., -1].bool().view(b, 1, v, 1, 1)
-        x = x.clone()
         x[:, :, :, 0] = torch.where(flipped, 256 - x[:, :, :, 0], x[:, :, :, 0])
     return normalise(x.reshape(b, s * v, c, size, size), modality)
 
