@@ -123,9 +123,10 @@ class Encoding:
 
 
 # Chosen by measurement (benchmarks/bench_shard.py, README "Shards"): row deltas + zstd
-# are 9% smaller than PNG level 1 for real I-frames and decompress in an eighth of its
-# time (the deltas are summed back on the training device); for residuals they are 21%
-# smaller than zstd alone; motion fields are small either way and zstd alone is the fastest.
+# are 4-18% smaller than PNG level 1 for I-frames and decompress in a seventh of its
+# decoding time (the deltas are summed back on the training device); for residuals they
+# are 4-17% smaller than zstd alone; motion fields are small either way and plain zstd
+# reads fastest.
 DEFAULT_ENCODINGS = {
     IFRAME: Encoding("delta.npy.zst", level=3),
     MV: Encoding("npy.zst", level=3),
