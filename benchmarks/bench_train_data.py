@@ -61,7 +61,7 @@ from cvpipe.shards import schema as ss  # noqa: E402
 from trainer.config import load_config  # noqa: E402
 from trainer.data.batches import StoredVideo, collate, to_device  # noqa: E402
 from trainer.data.contract import INPUT_CHANNELS  # noqa: E402
-from trainer.data.shard_reader import KIND, Sampling, VideoStream, pick, shard_samples, video_frames  # noqa: E402
+from trainer.data.shard_reader import KIND, Sampling, VideoStream, pick, sample_header, shard_samples, video_frames  # noqa: E402
 from trainer.data.transforms import CROP_SCALES, draw_crop, train_views  # noqa: E402
 from trainer.models.networks import ModalityNet  # noqa: E402
 from trainer.train.optim import build_optimizer  # noqa: E402
@@ -255,15 +255,15 @@ def shard_breakdown(root: Path, sampling: Sampling, passes: int, clock: Clock) -
     for shard in train_shards(root) * passes:
         samples = shard_samples(shard)
         while True:
-            with watch("tar headers + member reads"):
+            with watch("tar: the headers (schema 3: the sample header only)"):
                 item = next(samples, None)
             if item is None:
                 break
             key, sample = item
             seed = [SEED, videos]
             rng = np.random.default_rng(seed)
-            with watch("header + pick (reads the sampled members)"):
-                picked = pick(ss.Header.from_json(sample[ss.HEADER_FIELD]), sample, sampling, rng,
+            with watch("pick (reads the sampled members)"):
+                picked = pick(sample_header(sample), sample, sampling, rng,
                               f"{shard.name}: {key}")
             formats = {m: picked.header.encodings[KIND[m]].format for m in MODALITIES}
             with watch("decompress (" + ", ".join(f"{m} {f}" for m, f in formats.items()) + ")"):

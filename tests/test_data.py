@@ -24,7 +24,7 @@ from cvpipe import coviar
 from cvpipe.shards import codec, schema
 from trainer.config import load_config
 from trainer.data.contract import report_skipped
-from trainer.data.shard_reader import open_shards, read_manifest
+from trainer.data.shard_reader import open_shards, read_manifest, sample_header, shard_samples
 from trainer.train.distributed import Dist
 from trainer.train.loop import fit
 
@@ -158,6 +158,56 @@ def _rewrite_member(tar_path: Path, out: Path, damage) -> str:
             info.size = len(new)
             dst.addfile(info, io.BytesIO(new))
     return changed[0]
+
+
+def test_a_header_layout_that_points_elsewhere_is_a_corrupt_member_not_another_array(shards: Path,
+                                                                                    tmp_path: Path) -> None:
+    """Index reads jump by the header's layout; a wrong offset gives bytes whose CRC-32
+    does not match, so the member is reported, never decoded as something else."""
+    manifest = read_manifest(shards)
+    shard = next(s for s in manifest["shards"] if s["split"] == "val")
+    victim = shard["ids"][0]
+
+    def shift(name: str, data: bytes) -> bytes:
+        if name != f"{victim}.json":
+            return data
+        header = json.loads(data)
+        field = next(f for f in header["layout"] if ".res." in f)
+        header["layout"][field][0] += 512
+        return json.dumps(header).encode()
+
+    _rewrite_member(shards / shard["name"], tmp_path / "shifted.tar", shift)
+    problems, decoded = [], 0
+    for key, sample in shard_samples(tmp_path / "shifted.tar"):
+        header = sample_header(sample)
+        assert header.layout and sorted(sample) == sorted([schema.HEADER_FIELD, *header.fields()])
+        for field in header.fields():
+            try:
+                header.decode(field, sample[field])
+                decoded += 1
+            except ValueError as e:
+                problems.append((key, str(e)))
+    assert len(problems) == 1 and problems[0][0] == victim and "is corrupt (CRC-32" in problems[0][1]
+    assert decoded == sum(len(sample_header(s).fields()) for _, s in shard_samples(shards / shard["name"])) - 1
+
+
+def test_headers_without_a_layout_are_read_header_by_header(shards: Path, tmp_path: Path) -> None:
+    """Versions 1 and 2 list no layout: index reads then parse every tar header."""
+    shard = next(s for s in read_manifest(shards)["shards"] if s["split"] == "train")
+
+    def strip(name: str, data: bytes) -> bytes:
+        if not name.endswith(".json"):
+            return data
+        header = json.loads(data)
+        del header["layout"], header["span"]
+        return json.dumps(header).encode()
+
+    _rewrite_member(shards / shard["name"], tmp_path / "stripped.tar", strip)
+    for (key, with_layout), (same_key, without) in zip(shard_samples(shards / shard["name"]),
+                                                        shard_samples(tmp_path / "stripped.tar"), strict=True):
+        assert key == same_key and not sample_header(without).layout
+        fields = sample_header(with_layout).fields()
+        assert sorted(without) == sorted(with_layout) and all(without[f] == with_layout[f] for f in fields)
 
 
 @pytest.mark.parametrize("read", ["index", "stream"])

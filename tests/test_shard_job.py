@@ -7,6 +7,7 @@ the fault-injected, resumed and re-optioned runs are compared with it byte for b
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ from cvpipe.shards.cluster import EnvironmentProblem
 from cvpipe.shards.job import FAULT_KILL_ALWAYS_ENV, FAULT_KILL_ENV, FAULT_STALL_ENV, run_job
 from cvpipe.shards.output import LOCK_NAME, RECORDS_DIR, OutputProblem
 from cvpipe.shards.verify import verify
-from cvpipe.shards.writer import ShardOptions
+from cvpipe.shards.writer import ShardOptions, member_layout, tar_info
 
 wds = pytest.importorskip("webdataset")
 
@@ -501,3 +502,20 @@ def test_the_embedded_cluster_ends_with_a_killed_driver(shard_dataset, tmp_path)
     while _alive(cluster) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _alive(cluster), [Path(f"/proc/{p}/cmdline").read_bytes()[:60] for p in _alive(cluster)]
+
+
+@pytest.mark.parametrize("key", ["v_short", "v_" + "x" * 120])  # a name past 100 bytes takes a pax header
+def test_the_header_layout_is_where_tarfile_finds_each_member(tmp_path: Path, key: str) -> None:
+    members = [("json", b"{}" * 300), ("g0000.iframe.delta.npy.zst", bytes(range(256)) * 7),
+               ("g0000.p01.mv.npy.zst", b""), ("g0000.p01.res.delta.npy.zst", b"\x01" * 513)]
+    path = tmp_path / "one.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            tar.addfile(tar_info(f"{key}.{name}", len(data)), io.BytesIO(data))
+    layout, span = member_layout(key, members[1:])
+    with tarfile.open(path) as tar:
+        infos = {i.name.split(".", 1)[1]: i for i in tar.getmembers()}
+    base = infos["json"].offset_data + -(-infos["json"].size // 512) * 512
+    assert layout == {name: (infos[name].offset_data - base, infos[name].size) for name, _ in members[1:]}
+    last = infos[members[-1][0]]
+    assert base + span == last.offset_data + -(-last.size // 512) * 512

@@ -16,7 +16,9 @@ name at the first dot, the rest is the sample's field). Fields:
 The extension says the encoding and is recorded in the header too, so a reader builds
 field names with `Header.field` instead of listing the tar. The header also lists the
 CRC-32 of every member's stored bytes (schema version 2), which `Header.decode` checks, so
-a flipped bit is a reported corrupt member, never a silently different array. Members of
+a flipped bit is a reported corrupt member, never a silently different array, and (schema
+version 3) where each member's bytes lie in the tar, so a reader that has the header
+finds any member, and the next sample, without parsing the tar headers in between. Members of
 a sample are adjacent in the tar: the header first, then GOP by GOP the I-frame and, position by
 position, MV then residual.
 
@@ -56,8 +58,8 @@ __all__ = ["CHANNELS", "HEADER_FIELD", "IFRAME", "KINDS", "MV", "READABLE_VERSIO
 
 # Bump on any change a reader must know about (fields, names, encodings, quantisation).
 # 2: each header lists a CRC-32 per member, which decoding checks. 3: the delta.npy.zst
-# encoding (row deltas), the default for I-frames and residuals. Versions 1 (no checksums)
-# and 2 are still read.
+# encoding (row deltas), the default for I-frames and residuals, and each member's place
+# in the tar (`layout`, `span`). Versions 1 (no checksums) and 2 are still read.
 SCHEMA_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 
@@ -154,6 +156,10 @@ class Header:
     accumulated: bool = True         # MV and residual traced back to the GOP's I-frame
     quantisation: dict[str, str] = field(default_factory=lambda: dict(QUANTISATION))
     checksums: dict[str, int] = field(default_factory=dict)   # field -> CRC-32 of its stored bytes
+    # field -> (offset, size) of its bytes, the offset counted from the end of the header
+    # member's data (padded to the tar block); `span`: from there to the sample's end.
+    layout: dict[str, tuple[int, int]] = field(default_factory=dict)
+    span: int = 0
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -204,6 +210,12 @@ class Header:
         if sorted(members) != sorted(self.fields()):
             raise ValueError(f"{self.id}: checksums for {len(members)} members, the header lists {len(self.fields())}")
         return replace(self, checksums={name: zlib.crc32(data) for name, data in members.items()})
+
+    def with_layout(self, layout: dict[str, tuple[int, int]], span: int) -> Header:
+        """This header saying where its members lie in the tar (all of `fields()`)."""
+        if sorted(layout) != sorted(self.fields()):
+            raise ValueError(f"{self.id}: a layout of {len(layout)} members, the header lists {len(self.fields())}")
+        return replace(self, layout=dict(layout), span=span)
 
     def decode(self, name: str, data: bytes) -> np.ndarray:
         """The array of member `name` (a field of this header) from its stored bytes;
@@ -282,11 +294,14 @@ class Header:
             raw["gop_starts"] = tuple(raw["gop_starts"])
             raw["positions"] = tuple(tuple(p) for p in raw["positions"])
             raw["encodings"] = {k: Encoding.from_json(e) for k, e in raw["encodings"].items()}
+            raw["layout"] = {k: (int(o), int(s)) for k, (o, s) in raw.get("layout", {}).items()}
             header = cls(**raw)
         except (TypeError, KeyError, AttributeError, json.JSONDecodeError) as e:
             raise ValueError(f"malformed shard header: {e!r}") from None
         if version >= 2 and sorted(header.checksums) != sorted(header.fields()):
             raise ValueError(f"malformed shard header: {header.id}: checksums do not list its members")
+        if header.layout and (sorted(header.layout) != sorted(header.fields()) or header.span <= 0):
+            raise ValueError(f"malformed shard header: {header.id}: its layout does not list its members")
         return header
 
 

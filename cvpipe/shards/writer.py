@@ -138,7 +138,7 @@ def sample_members(entry: ManifestEntry, options: ShardOptions, timings: Timings
             raise ValueError(f"'{entry.path}' has no decodable frames")
         header = header_for(entry, video, options.positions, options.encodings)
     members = list(_members(video, header, timings))
-    header = header.with_checksums(dict(members))
+    header = header.with_checksums(dict(members)).with_layout(*member_layout(entry.id, members))
     return header, [(HEADER_FIELD, header.to_json()), *members]
 
 
@@ -187,6 +187,19 @@ def tar_info(name: str, size: int) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     return info
+
+
+def member_layout(key: str, members: Sequence[tuple[str, bytes]]) -> tuple[dict[str, tuple[int, int]], int]:
+    """Where `tar.addfile` will put each member's bytes, counted from the end of the
+    sample's header member (its data padded to the block), and where the sample ends:
+    each member is its tar header (a pax header first where the name needs one) and its
+    data padded to 512 bytes."""
+    layout, at = {}, 0
+    for name, data in members:
+        at += len(tar_info(f"{key}.{name}", len(data)).tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
+        layout[name] = (at, len(data))
+        at += -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    return layout, at
 
 
 def write_shard(path: str | os.PathLike, entries: Sequence[ManifestEntry], options: ShardOptions,

@@ -142,11 +142,12 @@ def video_frames(picked: Picked, sampling: Sampling, rng: np.random.Generator | 
 
 class StoredSample(Mapping[str, bytes]):
     """A sample's members in a local tar, read on access (pread at indexed offsets), so a
-    video costs the bytes its segments sample, not the whole sample. Valid while the
-    shard_samples generator that made it is at this sample."""
+    video costs the bytes its segments sample, not the whole sample; `header` is its
+    parsed header where finding the members needed it. Valid while the shard_samples
+    generator that made it is at this sample."""
 
-    def __init__(self, fd: int, fields: dict[str, tuple[int, int]]) -> None:
-        self.fd, self.fields = fd, fields
+    def __init__(self, fd: int, fields: dict[str, tuple[int, int]], header: schema.Header | None = None) -> None:
+        self.fd, self.fields, self.header = fd, fields, header
 
     def __getitem__(self, field: str) -> bytes:
         offset, size = self.fields[field]
@@ -162,49 +163,99 @@ class StoredSample(Mapping[str, bytes]):
         return len(self.fields)
 
 
+def sample_header(sample: Mapping[str, bytes]) -> schema.Header:
+    """A sample's header, parsed once."""
+    header = getattr(sample, "header", None)
+    return header if header is not None else schema.Header.from_json(sample[schema.HEADER_FIELD])
 
 
 def shard_samples(path: Path, read: str = "index") -> Iterator[tuple[str, Mapping[str, bytes]]]:
     """(key, {field: bytes}) per sample of a tar, in order. `read="index"` (local files)
-    reads the tar headers and then only the members asked for; "stream" reads every byte
-    in order, as WebDataset does (pipes, object stores). A truncated or corrupt tar raises
-    ShardProblem naming it, after every sample it could read whole."""
-    key, sample = None, {}
+    reads tar headers and then only the members asked for: of a sample whose header lists
+    its layout (schema 3) only the header member's, jumping over the rest; "stream" reads
+    every byte in order, as WebDataset does (pipes, object stores). A truncated or corrupt
+    tar raises ShardProblem naming it, after every sample it could read whole."""
     try:
         f = open(path, "rb")
     except OSError as e:
         raise ShardProblem(f"{path.name}: cannot open: {e}") from None
     with f:
-        if read == "index":
-            end = os.fstat(f.fileno()).st_size
-            members = ((info.name, (info.offset_data, info.size))
-                       for info in tarfile.open(fileobj=f, mode="r:") if info.isfile())
-            wrap = lambda fields: StoredSample(f.fileno(), fields)  # noqa: E731
-        else:
-            members = ((m["fname"], m["data"]) for m in tar_file_iterator(f))
-            wrap = dict
+        samples = _indexed(f) if read == "index" else _streamed(f)
+        key = None
         try:
-            for name, value in members:
-                name_key, field = name.split(".", 1)
-                if name_key != key:
-                    if key is not None:
-                        yield key, wrap(sample)
-                    key, sample = name_key, {}
-                if read == "index" and value[0] + value[1] > end:
-                    raise ShardProblem(f"member '{name}' is cut short (the file ends at byte {end})")
-                sample[field] = value
+            for key, sample in samples:
+                yield key, sample
         except Exception as e:  # noqa: BLE001 - tarfile raises many kinds
-            # The sample being read when the tar broke is still good if it is whole.
-            if key is not None and _whole(wrap(sample)):
-                yield key, wrap(sample)
             raise ShardProblem(f"{path.name}: unreadable tar after sample {key!r}: {e}") from None
-        if key is not None:
-            yield key, wrap(sample)
+
+
+def _streamed(f) -> Iterator[tuple[str, dict[str, bytes]]]:
+    key, sample = None, {}
+    try:
+        for member in tar_file_iterator(f):
+            name_key, field = member["fname"].split(".", 1)
+            if name_key != key:
+                if key is not None:
+                    yield key, sample
+                key, sample = name_key, {}
+            sample[field] = member["data"]
+    except Exception:
+        # The sample being read when the tar broke is still good if it is whole.
+        if key is not None and _whole(sample):
+            yield key, sample
+        raise
+    if key is not None:
+        yield key, sample
+
+
+def _indexed(f) -> Iterator[tuple[str, StoredSample]]:
+    end = os.fstat(f.fileno()).st_size
+    tar = tarfile.open(fileobj=f, mode="r:")
+    key, fields, header = None, {}, None
+
+    def sample() -> StoredSample:
+        return StoredSample(f.fileno(), fields, header)
+
+    try:
+        while (info := tar.next()) is not None:
+            if not info.isfile():
+                continue
+            name_key, field = info.name.split(".", 1)
+            if name_key != key:
+                if key is not None:
+                    yield key, sample()
+                key, fields, header = name_key, {}, None
+            if info.offset_data + info.size > end:
+                raise ShardProblem(f"member '{info.name}' is cut short (the file ends at byte {end})")
+            fields[field] = (info.offset_data, info.size)
+            if field == schema.HEADER_FIELD:
+                header = _parsed(sample())
+                if header is not None and header.layout:
+                    base = tar.offset  # the header member's data end, padded: where its layout counts from
+                    if base + header.span > end:
+                        raise ShardProblem(f"sample {key!r} is cut short (it ends past byte {end})")
+                    fields.update({name: (base + offset, size) for name, (offset, size) in header.layout.items()})
+                    tar.offset = base + header.span  # tarfile reads on from there: the next sample
+    except Exception:
+        if key is not None and _whole(sample()):
+            yield key, sample()
+        raise
+    if key is not None:
+        yield key, sample()
+
+
+def _parsed(sample: StoredSample) -> schema.Header | None:
+    """The sample's header, or None when it does not parse (the sample is then reported
+    when it is picked, and the tar read on header by header)."""
+    try:
+        return schema.Header.from_json(sample[schema.HEADER_FIELD])
+    except (ValueError, ShardProblem):
+        return None
 
 
 def _whole(sample: Mapping[str, bytes]) -> bool:
     try:
-        header = schema.Header.from_json(sample[schema.HEADER_FIELD])
+        header = sample_header(sample)
     except (KeyError, ValueError, ShardProblem):
         return False
     return all(field in sample for field in header.fields())
@@ -256,8 +307,7 @@ class VideoStream(IterableDataset):
                     try:
                         if schema.HEADER_FIELD not in sample:
                             raise ShardProblem(f"{where}: no header member")
-                        yield pick(schema.Header.from_json(sample[schema.HEADER_FIELD]), sample, self.sampling,
-                                   rng, where)
+                        yield pick(sample_header(sample), sample, self.sampling, rng, where)
                     except (ShardProblem, ValueError, KeyError) as e:
                         yield f"{where}: {e}"
             except ShardProblem as e:
