@@ -6,7 +6,7 @@
 1. Member encodings: size, encode and decode time per member, for the I-frame, the
    quantised accumulated MV and the quantised accumulated residual of every GOP and P
    position in the first 48 frames of one synthetic 340x256 video (`cvpipe synth`) and of
-   one real clip (vtest.avi re-encoded as CoViAR does, benchmarks/clips.py). The defaults of cvpipe.shards.schema
+   one real clip (vtest.avi re-encoded as CoViAR does, benchmarks/clips.py). The defaults of cvpipe.shards.codec
    were picked from this table.
 2. `cvpipe shard` (run_job, default options) on the synthetic dataset at 340x256 with a
    fresh local Ray of 1 and then 2 workers: videos/s (Ray start-up excluded), the
@@ -33,7 +33,6 @@ from typing import Callable
 
 import clips
 import numpy as np
-import zstandard
 
 import cvpipe
 from cvpipe.datasets.manifest import read_manifest, write_manifest
@@ -57,37 +56,30 @@ def _schema_codec(kind: str, encoding: codec.Encoding) -> Codec:
 
 
 def candidates(kind: str) -> dict[str, Codec]:
-    """What each kind could be stored as; the schema's formats go through the schema."""
-    zstd3 = zstandard.ZstdCompressor(level=3)
-    others: dict[str, Codec] = {
-        "npy": (_npy, lambda b: np.load(io.BytesIO(b))),
-        "npy + zlib 6": (lambda a: zlib.compress(_npy(a), 6), lambda b: np.load(io.BytesIO(zlib.decompress(b)))),
+    """What each kind could be stored as, the default marked; the schema's formats go
+    through the schema (planar.npy.zst rows name their filters: codec.filter_planes)."""
+    colour = ss.CHANNELS[kind] == 3
+    tag = "colour + " if colour else ""
+    E = codec.Encoding
+    encodings = {
+        f"planes, {tag}grad + zstd 6": E("planar.npy.zst", level=6, predictor="grad", colour=colour),
+        f"planes, {tag}up + zstd 6": E("planar.npy.zst", level=6, predictor="up", colour=colour),
+        f"planes, {tag}up + zstd 3": E("planar.npy.zst", level=3, predictor="up", colour=colour),
+        "planes + zstd 9": E("planar.npy.zst", level=9, predictor="none", colour=False),
+        "planes + zstd 3": E("planar.npy.zst", level=3, predictor="none", colour=False),
+        "row deltas + zstd 3 (schema 3)": E("delta.npy.zst", level=3),
+        "npy + zstd 3": E("npy.zst", level=3),
+        "npy + zstd 19": E("npy.zst", level=19),
+        "png, zlib 1": E("png", level=1),
+        "png, zlib 6": E("png", level=6),
     }
     if kind == ss.IFRAME:
-        return {
-            "row deltas + zstd 3 (default)": _schema_codec(kind, codec.Encoding("delta.npy.zst", level=3)),
-            "row deltas + zstd 9": _schema_codec(kind, codec.Encoding("delta.npy.zst", level=9)),
-            "png, zlib 1": _schema_codec(kind, codec.Encoding("png", level=1)),
-            "png, zlib 6": _schema_codec(kind, codec.Encoding("png", level=6)),
-            "png, zlib 9": _schema_codec(kind, codec.Encoding("png", level=9)),
-            f"jpeg q{codec.JPEG_QUALITY} (lossy)": _schema_codec(kind, codec.Encoding("jpeg", quality=codec.JPEG_QUALITY)),
-            "npy + zstd 3": (lambda a: zstd3.compress(_npy(a)),
-                             lambda b: np.load(io.BytesIO(zstandard.ZstdDecompressor().decompress(b)))),
-            **others,
-        }
-    defaults = {ss.MV: "npy + zstd 3", ss.RESIDUAL: "row deltas + zstd 3"}
-    table = {
-        "row deltas + zstd 3": _schema_codec(kind, codec.Encoding("delta.npy.zst", level=3)),
-        "row deltas + zstd 9": _schema_codec(kind, codec.Encoding("delta.npy.zst", level=9)),
-        "npy + zstd 3": _schema_codec(kind, codec.Encoding("npy.zst", level=3)),
-        "npy + zstd 1": _schema_codec(kind, codec.Encoding("npy.zst", level=1)),
-        "npy + zstd 9": _schema_codec(kind, codec.Encoding("npy.zst", level=9)),
-        "npy + zstd 19": _schema_codec(kind, codec.Encoding("npy.zst", level=19)),
-        "png, zlib 1": _schema_codec(kind, codec.Encoding("png", level=1)),
-        "png, zlib 6": _schema_codec(kind, codec.Encoding("png", level=6)),
-        **others,
-    }
-    return {f"{label} (default)" if label == defaults[kind] else label: c for label, c in table.items()}
+        encodings[f"jpeg q{codec.JPEG_QUALITY} (lossy)"] = E("jpeg", quality=codec.JPEG_QUALITY)
+    table = {f"{label} (default)" if e == codec.DEFAULT_ENCODINGS[kind] else label: _schema_codec(kind, e)
+             for label, e in encodings.items()}
+    table["npy"] = (_npy, lambda b: np.load(io.BytesIO(b)))
+    table["npy + zlib 6"] = (lambda a: zlib.compress(_npy(a), 6), lambda b: np.load(io.BytesIO(zlib.decompress(b))))
+    return table
 
 
 def members_of(path: Path, frames: int = 48) -> dict[str, list[np.ndarray]]:
@@ -162,9 +154,9 @@ def bytes_rows(name: str, manifest: Path, scratch: Path, shard_size: int) -> lis
 
     variants = {
         "default (all positions)": ShardOptions(),
-        "version 2 defaults (png I-frames, zstd residuals)": ShardOptions(encodings={
-            ss.IFRAME: codec.Encoding("png", level=1), ss.MV: codec.Encoding("npy.zst", level=3),
-            ss.RESIDUAL: codec.Encoding("npy.zst", level=3)}),
+        "schema 3 defaults (row deltas, (H, W, C) arrays)": ShardOptions(encodings={
+            ss.IFRAME: codec.Encoding("delta.npy.zst", level=3), ss.MV: codec.Encoding("npy.zst", level=3),
+            ss.RESIDUAL: codec.Encoding("delta.npy.zst", level=3)}),
         "every2 positions": ShardOptions(positions="every2"),
         f"jpeg q{codec.JPEG_QUALITY} I-frames": ShardOptions(encodings=dict(codec.DEFAULT_ENCODINGS) | {
             ss.IFRAME: codec.Encoding("jpeg", quality=codec.JPEG_QUALITY)}),

@@ -73,6 +73,7 @@ SYNTH = {"classes": 10, "videos_per_class": 6}
 REAL_CLIPS = ("vtest", "bikes", "tree", "Megamind")
 TARGET_PER_WORKER, TARGET_VS_RAW = 250.0, 3.0
 CHECKED_VIDEOS = 4  # videos whose shard and raw tensors are compared
+DEVICE_BATCHES = 4  # batches the device step is timed on
 
 
 class Clock:
@@ -181,13 +182,16 @@ def train_shards(root: Path) -> list[Path]:
 
 
 def worker_rate(root: Path, sampling: Sampling, batches: int, shuffle_buffer: int, clock: Clock) -> tuple[float, list]:
-    """(videos/s, the stored batches) of the reader's worker loop in this process, timed
-    after a first batch (opening, filling the shuffle buffer)."""
+    """(videos/s, a few stored batches for the device step) of the reader's worker loop in
+    this process, timed after a first batch (opening, filling the shuffle buffer). The
+    timed batches are dropped as they come, as a loader worker hands its batches on:
+    holding them all would time the kernel's page faults for fresh memory instead."""
     stream = iter(VideoStream(train_shards(root), sampling, BATCH, SEED, 0, epoch=0, shuffle_buffer=shuffle_buffer))
     next(stream)
     start = clock.now()
-    stored = [next(stream) for _ in range(batches)]
-    return sum(len(b["id"]) for b in stored) / (clock.now() - start), stored
+    videos = sum(len(next(stream)["id"]) for _ in range(batches))
+    rate = videos / (clock.now() - start)
+    return rate, [next(stream) for _ in range(DEVICE_BATCHES)]
 
 
 def device_seconds(stored: list, size: int, clock: Clock) -> float:
@@ -198,6 +202,12 @@ def device_seconds(stored: list, size: int, clock: Clock) -> float:
     return (clock.now() - start) / len(stored)
 
 
+def planes(array: np.ndarray) -> np.ndarray:
+    """(H, W, C) as the (C, H, W) planes a batch takes: a view, as the reader hands over
+    the older (H, W, C) formats; collation makes the one copy."""
+    return array.transpose(2, 0, 1)
+
+
 def raw_video(path: str, rng: np.random.Generator, sampling: Sampling, watch: Stopwatch) -> StoredVideo:
     """One video's stored-form sample through cvpipe.coviar.load, CoViAR's dataset code
     path: the same draws from `rng` as the shard reader makes (segment frames, then the crop)."""
@@ -205,21 +215,22 @@ def raw_video(path: str, rng: np.random.Generator, sampling: Sampling, watch: St
         num_frames = coviar.get_num_frames(path)
     frames = [int(rng.integers(*ss.segment_range(num_frames, sampling.segments, s, ss.MV)))
               for s in range(sampling.segments)]
-    arrays: dict[str, list[tuple[np.ndarray, bool]]] = {m: [] for m in MODALITIES}
+    arrays: dict[str, list[tuple[np.ndarray, codec.Undo]]] = {m: [] for m in MODALITIES}
+    none = codec.Undo.NONE
     for frame in frames:
         gop, pos = divmod(frame, GOP)
         if pos == 0:  # an I-frame has no motion: CoViAR takes the previous GOP's last frame
             gop, pos = gop - 1, GOP - 1
         with watch("load I-frame"):
-            arrays["iframe"].append((coviar.load(path, gop, 0, coviar.IFRAME, True), False))
+            arrays["iframe"].append((planes(coviar.load(path, gop, 0, coviar.IFRAME, True)), none))
         with watch("load MV"):
             mv = coviar.load(path, gop, pos, coviar.MV, True)
         with watch("load residual (same decode)"):
             residual = coviar.load(path, gop, pos, coviar.RESIDUAL, True)
         with watch("quantise"):
-            arrays["mv"].append((codec.quantise_mv(mv), False))
-            arrays["residual"].append((codec.quantise_residual(residual), False))
-    height, width = arrays["iframe"][0][0].shape[:2]
+            arrays["mv"].append((planes(codec.quantise_mv(mv)), none))
+            arrays["residual"].append((planes(codec.quantise_residual(residual)), none))
+    height, width = arrays["iframe"][0][0].shape[1:]
     crop = draw_crop(width, height, sampling.size, sampling.scales, rng, 0.5 if sampling.flip else 0.0)
     return StoredVideo(arrays, train_views(crop, sampling.size), 0, path)
 
@@ -255,7 +266,7 @@ def shard_breakdown(root: Path, sampling: Sampling, passes: int, clock: Clock) -
     for shard in train_shards(root) * passes:
         samples = shard_samples(shard)
         while True:
-            with watch("tar: the headers (schema 3: the sample header only)"):
+            with watch("tar: the headers (schema 3 on: the sample header only)"):
                 item = next(samples, None)
             if item is None:
                 break

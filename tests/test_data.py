@@ -82,14 +82,23 @@ def test_test_tensors_equal_coviar_normalisation_of_the_loader(shards: Path, sha
     assert seen == data.split_size("test") == 2
 
 
-def test_shards_in_the_version_2_encodings_give_the_same_batches(ray_cluster, shard_dataset, shards: Path,
-                                                                 tmp_path: Path) -> None:
-    """PNG I-frames and plain zstd residuals (version 2's defaults) against row deltas."""
+OLDER_DEFAULTS = {
+    2: {schema.IFRAME: codec.Encoding("png", level=1), schema.MV: codec.Encoding("npy.zst", level=3),
+        schema.RESIDUAL: codec.Encoding("npy.zst", level=3)},
+    3: {schema.IFRAME: codec.Encoding("delta.npy.zst", level=3), schema.MV: codec.Encoding("npy.zst", level=3),
+        schema.RESIDUAL: codec.Encoding("delta.npy.zst", level=3)},
+}
+
+
+@pytest.mark.parametrize("version", sorted(OLDER_DEFAULTS))
+def test_shards_in_older_versions_default_encodings_give_the_same_batches(ray_cluster, shard_dataset, shards: Path,
+                                                                         tmp_path: Path, version: int) -> None:
+    """Version 2's (PNG I-frames, plain zstd) and 3's (row deltas, (H, W, C) arrays)
+    against the filtered planes of version 4."""
     from cvpipe.shards.job import ShardOptions, run_job
 
-    old = {schema.IFRAME: codec.Encoding("png", level=1), schema.MV: codec.Encoding("npy.zst", level=3),
-           schema.RESIDUAL: codec.Encoding("npy.zst", level=3)}
-    assert run_job(shard_dataset.manifest, tmp_path / "v2", ShardOptions(encodings=old), shard_size=2,
+    old = OLDER_DEFAULTS[version]
+    assert run_job(shard_dataset.manifest, tmp_path / "old", ShardOptions(encodings=old), shard_size=2,
                    progress=False).ok
 
     def batches(root: Path) -> list:
@@ -97,7 +106,7 @@ def test_shards_in_the_version_2_encodings_give_the_same_batches(ray_cluster, sh
         it = iter(data.train_batches(2))
         return list(data.eval_batches("val")) + [next(it) for _ in range(2)]
 
-    for a, b in zip(batches(shards), batches(tmp_path / "v2"), strict=True):
+    for a, b in zip(batches(shards), batches(tmp_path / "old"), strict=True):
         assert a["id"] == b["id"]
         assert all(torch.equal(a["inputs"][m], b["inputs"][m]) for m in a["inputs"])
 
@@ -172,8 +181,8 @@ def test_a_header_layout_that_points_elsewhere_is_a_corrupt_member_not_another_a
         if name != f"{victim}.json":
             return data
         header = json.loads(data)
-        field = next(f for f in header["layout"] if ".res." in f)
-        header["layout"][field][0] += 512
+        residual = next(i for i, f in enumerate(schema.Header.from_json(data).fields()) if ".res." in f)
+        header["layout"][residual][0] += 512  # the layout lists (offset, size) in fields() order
         return json.dumps(header).encode()
 
     _rewrite_member(shards / shard["name"], tmp_path / "shifted.tar", shift)

@@ -7,6 +7,7 @@ needs.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -71,13 +72,18 @@ def _smooth(shape: tuple[int, ...], seed: int) -> np.ndarray:
     return np.stack([127 + 100 * np.sin(x / 7 + y / 11 + p) for p in phases], axis=-1).round().astype(np.uint8)
 
 
+def _planar(predictor: str, colour: bool, level: int = 3) -> codec.Encoding:
+    return codec.Encoding("planar.npy.zst", level=level, predictor=predictor, colour=colour)
+
+
 LOSSLESS = [(kind, encoding) for kind, encodings in {
     ss.IFRAME: [codec.Encoding("png", level=0), codec.Encoding("png", level=9), codec.Encoding("delta.npy.zst", level=3),
-                codec.Encoding("npy.zst", level=3)],
+                codec.Encoding("npy.zst", level=3), _planar("grad", True, 6), _planar("up", False), _planar("none", True)],
     ss.MV: [codec.Encoding("npy.zst", level=1), codec.Encoding("npy.zst", level=19), codec.Encoding("npy"),
-            codec.Encoding("png", level=6), codec.Encoding("delta.npy.zst", level=9)],
+            codec.Encoding("png", level=6), codec.Encoding("delta.npy.zst", level=9), _planar("none", False, 9),
+            _planar("grad", False)],
     ss.RESIDUAL: [codec.Encoding("npy.zst", level=3), codec.Encoding("npy"), codec.Encoding("png", level=1),
-                  codec.Encoding("delta.npy.zst", level=1)],
+                  codec.Encoding("delta.npy.zst", level=1), _planar("up", True, 6), _planar("grad", True)],
 }.items() for encoding in encodings]
 
 
@@ -88,15 +94,23 @@ def test_lossless_encodings_round_trip_exactly(kind, encoding):
     back = codec.decode_member(kind, data, encoding)
     assert back.dtype == np.uint8 and back.flags.c_contiguous
     assert np.array_equal(back, array)
-    stored, deltas = codec.read_member(kind, data, encoding)  # what the trainer's workers hand over
-    assert deltas == (encoding.format == "delta.npy.zst")
-    assert np.array_equal(np.cumsum(stored, axis=0, dtype=np.uint8) if deltas else stored, array)
+    stored, undo = codec.read_member(kind, data, encoding)  # what the trainer's workers hand over
+    assert stored.shape == (ss.CHANNELS[kind], 37, 53) and undo == encoding.undo
+    assert np.array_equal(codec.unfilter_planes(stored, undo), array.transpose(2, 0, 1))
 
 
-def test_row_deltas_are_what_png_calls_the_up_filter():
-    array = np.array([[[250], [3]], [[4], [1]], [[0], [255]]], np.uint8)
-    assert codec.row_deltas(array)[..., 0].tolist() == [[250, 3], [10, 254], [252, 254]]
-    assert np.array_equal(codec.undo_row_deltas(codec.row_deltas(array)), array)
+def test_the_filters_are_pngs_up_loco_is_gradient_and_webps_green_subtraction():
+    planes = np.random.default_rng(2).integers(0, 256, (3, 5, 6), dtype=np.uint8)
+    x = planes.astype(np.int64)
+    up = codec.filter_planes(planes, codec.Undo.UP)
+    assert np.array_equal(up[:, 0], planes[:, 0]) and np.array_equal(up[:, 1:], (x[:, 1:] - x[:, :-1]) % 256)
+    grad = codec.filter_planes(planes, codec.Undo.UP | codec.Undo.LEFT)
+    prediction = x[:, 1:, :-1] + x[:, :-1, 1:] - x[:, :-1, :-1]  # left + above - above-left
+    assert np.array_equal(grad[:, 1:, 1:], (x[:, 1:, 1:] - prediction) % 256)
+    colour = codec.filter_planes(planes, codec.Undo.COLOUR)
+    assert np.array_equal(colour[[0, 2]], (x[[0, 2]] - x[1]) % 256) and np.array_equal(colour[1], planes[1])
+    everything = codec.Undo.UP | codec.Undo.LEFT | codec.Undo.COLOUR
+    assert np.array_equal(codec.unfilter_planes(codec.filter_planes(planes, everything), everything), planes)
 
 
 def test_iframe_png_is_a_true_rgb_image():
@@ -237,24 +251,29 @@ def test_version_1_headers_read_without_checksums_and_later_ones_need_them():
                                               ss.RESIDUAL: codec.Encoding("npy.zst", level=3)})
     v2 = v2.with_checksums({f: f.encode() for f in v2.fields()})
     assert ss.Header.from_json(v2.to_json()) == v2 and v2.fields()[0] == "g0000.iframe.png"
-    with pytest.raises(ValueError, match="schema version 4"):
-        ss.Header.from_json(_header(schema_version=1).to_json().replace(b'"schema_version":1', b'"schema_version":4'))
+    written = json.loads(v2.to_json())  # schemas 2 and 3 wrote {field: CRC-32}, 4 a list in fields() order
+    written["checksums"] = dict(reversed(list(zip(v2.fields(), v2.checksums))))
+    assert ss.Header.from_json(json.dumps(written)) == v2
+    with pytest.raises(ValueError, match="schema version 5"):
+        ss.Header.from_json(_header(schema_version=1).to_json().replace(b'"schema_version":1', b'"schema_version":5'))
 
 
 def test_header_fields_list_every_member_in_tar_order():
     header = _header(num_frames=14, gop_starts=(0, 12, 13))  # GOP sizes 12, 1, 1
     fields = header.fields()
-    assert fields[0] == "g0000.iframe.delta.npy.zst"
-    assert fields[1:3] == ["g0000.p01.mv.npy.zst", "g0000.p01.res.delta.npy.zst"]
-    assert fields[-2:] == ["g0001.iframe.delta.npy.zst", "g0002.iframe.delta.npy.zst"]
-    assert len(fields) == 3 + 2 * 11
+    assert fields[0] == "g0000.iframe.planar.npy.zst"
+    assert fields[1:3] == ["g0000.p01.mv.planar.npy.zst", "g0000.p01.res.planar.npy.zst"]
+    assert fields[-2:] == ["g0001.iframe.planar.npy.zst", "g0002.iframe.planar.npy.zst"]
+    assert len(fields) == 3 + 2 * 11 == header.num_members
+    assert [header.index(f) for f in fields] == list(range(len(fields)))  # what checksums and layout are listed by
     with pytest.raises(KeyError, match="not stored"):
         header.field(ss.MV, 1, 1)
+    for other in ("g0000.p01.mv.npy.zst", "g0001.p01.mv.planar.npy.zst", "json", "g0009.iframe.planar.npy.zst"):
+        with pytest.raises(KeyError):
+            header.index(other)
 
 
 def test_header_refuses_other_versions_and_bad_content():
-    import json
-
     raw = json.loads(_header().to_json())
     with pytest.raises(ValueError, match="schema version 99"):
         ss.Header.from_json(json.dumps(raw | {"schema_version": 99}))

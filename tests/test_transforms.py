@@ -86,7 +86,13 @@ def reference_test_views(array: np.ndarray, modality: str, size: int, crops: int
 
 
 def frames(rng: np.random.Generator, modality: str, segments: int, height: int, width: int) -> np.ndarray:
+    """Segments' frames (S, H, W, C), as the extractor gives them."""
     return rng.integers(0, 256, (segments, height, width, CHANNELS[modality]), dtype=np.uint8)
+
+
+def planes(stored: np.ndarray) -> np.ndarray:
+    """(..., H, W, C) -> (..., C, H, W), as the shards' members are read."""
+    return np.ascontiguousarray(np.moveaxis(stored, -1, -3))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -100,9 +106,9 @@ def test_training_views_equal_the_per_segment_path_for_every_crop_scale_and_flip
         crop = draw_crop(width, height, SIZE, CROP_SCALES[modality], rng)
         seen_scales.add(crop[2:4])
         seen_flips.add(crop[4])
-        views = collate([StoredVideo({modality: [(a, False) for a in stored]}, train_views(crop, SIZE), 0, "v")],
+        views = collate([StoredVideo({modality: [(a, codec.Undo.NONE) for a in planes(stored)]}, train_views(crop, SIZE), 0, "v")],
                         [modality], 3, 1, [])["views"]
-        out = apply_views(torch.from_numpy(stored)[None].to(device), views, modality, SIZE)
+        out = apply_views(torch.from_numpy(planes(stored))[None].to(device), views, modality, SIZE)
         expected = torch.stack([reference_train_view(a, modality, SIZE, crop) for a in stored])
         torch.testing.assert_close(out[0].cpu(), expected, rtol=0, atol=ATOL)
     assert seen_flips == {False, True} and len(seen_scales) >= 5  # the draws covered the cases
@@ -115,25 +121,31 @@ def test_test_views_equal_the_per_segment_path(modality: str, crops: int, device
     rng = np.random.default_rng(2)
     for width, height in ((90, 70), (64, 64), (340, 256)):
         stored = frames(rng, modality, 2, height, width)
-        views = collate([StoredVideo({modality: [(a, False) for a in stored]}, eval_views(width, height, SIZE, crops),
+        views = collate([StoredVideo({modality: [(a, codec.Undo.NONE) for a in planes(stored)]}, eval_views(width, height, SIZE, crops),
                                      0, "v")], [modality], 2, crops, [])["views"]
-        out = apply_views(torch.from_numpy(stored)[None].to(device), views, modality, SIZE)
+        out = apply_views(torch.from_numpy(planes(stored))[None].to(device), views, modality, SIZE)
         expected = torch.cat([reference_test_views(a, modality, SIZE, crops) for a in stored])
         assert out.shape == (1, 2 * crops, CHANNELS[modality], SIZE, SIZE)
         torch.testing.assert_close(out[0].cpu(), expected, rtol=0, atol=ATOL)
 
 
+# Per modality, per video of the batch below: what the shard writer filtered its planes with.
+U = codec.Undo
+FILTERS = {m: [U.UP | U.LEFT | (U.COLOUR if CHANNELS[m] == 3 else U.NONE), U.NONE, U.UP] for m in MODALITIES}
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_a_batch_of_videos_of_different_sizes_some_stored_as_row_deltas(device: str) -> None:
-    """Each video of a collated batch (padded to the largest; row deltas summed back on the
-    device) equals that video augmented alone by the reference."""
+def test_a_batch_of_videos_of_different_sizes_and_filters(device: str) -> None:
+    """Each video of a collated batch (padded to the largest; each video's filters undone
+    on the device) equals that video augmented alone by the reference."""
     rng = np.random.default_rng(3)
     sizes = [(70, 90), (64, 64), (80, 60)]
     videos, expected = [], []
     for i, (height, width) in enumerate(sizes):
         arrays = {m: frames(rng, m, 3, height, width) for m in MODALITIES}
         crop = draw_crop(width, height, SIZE, CROP_SCALES["iframe"], rng)
-        stored = {m: [(codec.row_deltas(a), True) if i != 1 else (a, False) for a in arrays[m]] for m in MODALITIES}
+        stored = {m: [(codec.filter_planes(p, FILTERS[m][i]), FILTERS[m][i]) for p in planes(arrays[m])]
+                  for m in MODALITIES}
         videos.append(StoredVideo(stored, train_views(crop, SIZE), i, f"v{i}"))
         expected.append({m: torch.stack([reference_train_view(a, m, SIZE, crop) for a in arrays[m]])
                          for m in MODALITIES})
@@ -152,7 +164,7 @@ def test_a_batch_of_only_skipped_videos_is_empty() -> None:
 
 def test_flipping_motion_negates_its_x() -> None:
     """Quantised q = v + 128: a mirrored view reads the columns right to left and maps v -> -v."""
-    q = np.random.default_rng(0).integers(0, 256, (1, 1, 8, 8, 2), dtype=np.uint8)
+    q = np.random.default_rng(0).integers(0, 256, (1, 1, 2, 8, 8), dtype=np.uint8)
     full = [[8, 8, 0, 0, 8, 8, 0, 0]]  # the whole frame at its own size: no resampling
     plain = apply_views(torch.from_numpy(q), torch.tensor([[full[0] + [0]]]), "mv", 8)
     mirrored = apply_views(torch.from_numpy(q), torch.tensor([[full[0] + [1]]]), "mv", 8)

@@ -14,6 +14,7 @@ interrupted (run again to resume).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -24,7 +25,7 @@ from cvpipe.shards.output import OutputProblem
 from cvpipe.shards.verify import failure_lines
 from cvpipe.shards.writer import ShardOptions
 
-_ZSTD_LEVEL = DEFAULT_ENCODINGS[MV].level
+_LEVELS = ", ".join(f"{kind} {encoding.level}" for kind, encoding in DEFAULT_ENCODINGS.items())
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,16 +44,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--positions", default="all",
                    help="P positions of each GOP whose accumulated MV and residual are stored: "
                         "'all', 'everyN' (1, 1+N, ...) or a list such as '1,5,11' (default: all)")
-    p.add_argument("--iframe-format", choices=("delta.npy.zst", "png", "jpeg"), default=DEFAULT_ENCODINGS[IFRAME].format,
-                   help=f"I-frames as zstd-compressed row deltas (lossless, fastest to read), PNG (lossless, "
-                        f"zlib level {PNG_LEVEL}) or JPEG (lossy, --jpeg-quality) (default: %(default)s)")
-    p.add_argument("--residual-format", choices=("delta.npy.zst", "npy.zst"),
+    p.add_argument("--iframe-format", choices=("planar.npy.zst", "png", "jpeg"), default=DEFAULT_ENCODINGS[IFRAME].format,
+                   help=f"I-frames as zstd-compressed filtered planes (lossless, smallest, fastest to read), PNG "
+                        f"(lossless, zlib level {PNG_LEVEL}) or JPEG (lossy, --jpeg-quality) (default: %(default)s)")
+    p.add_argument("--residual-format", choices=("planar.npy.zst", "npy.zst"),
                    default=DEFAULT_ENCODINGS[RESIDUAL].format,
-                   help="residuals as zstd-compressed row deltas or plain arrays (default: %(default)s)")
+                   help="residuals as zstd-compressed filtered planes or plain arrays (default: %(default)s)")
     p.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY,
                    help=f"JPEG quality 1..95 for --iframe-format jpeg (default: {JPEG_QUALITY})")
-    p.add_argument("--zstd-level", type=int, default=_ZSTD_LEVEL,
-                   help=f"zstd level of every zstd-compressed member, 1..22 (default: {_ZSTD_LEVEL})")
+    p.add_argument("--zstd-level", type=int,
+                   help=f"zstd level of every zstd-compressed member, 1..22 (default: per kind, {_LEVELS})")
     p.add_argument("--force", action="store_true",
                    help="go on although --out holds files cvpipe shard did not write (they are left alone)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -61,10 +62,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def options_from_args(args: argparse.Namespace) -> ShardOptions:
     iframe = {"png": Encoding("png", level=PNG_LEVEL), "jpeg": Encoding("jpeg", quality=args.jpeg_quality)}.get(
-        args.iframe_format) or Encoding(args.iframe_format, level=args.zstd_level)
-    return ShardOptions(positions=args.positions, encodings={
-        IFRAME: iframe, MV: Encoding(DEFAULT_ENCODINGS[MV].format, level=args.zstd_level),
-        RESIDUAL: Encoding(args.residual_format, level=args.zstd_level)})
+        args.iframe_format, DEFAULT_ENCODINGS[IFRAME])
+    residual = DEFAULT_ENCODINGS[RESIDUAL]
+    if args.residual_format != residual.format:
+        residual = Encoding(args.residual_format, level=residual.level)
+    encodings = {IFRAME: iframe, MV: DEFAULT_ENCODINGS[MV], RESIDUAL: residual}
+    if args.zstd_level is not None:
+        encodings = {kind: dataclasses.replace(e, level=args.zstd_level) if e.format.endswith(".zst") else e
+                     for kind, e in encodings.items()}
+    return ShardOptions(positions=args.positions, encodings=encodings)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,23 +7,25 @@ numpy, Pillow and zstandard: no compiled extension, no Ray, no torch.
 One sample per video. Its key is the manifest id (no dots: WebDataset splits a member
 name at the first dot, the rest is the sample's field). Fields:
 
-    json                       the header (Header): who the video is, its GOP table,
-                               which positions are stored and how each member is encoded
-    g0003.iframe.delta.npy.zst GOP 3's I-frame (position 0), BGR, as row deltas
-    g0003.p05.mv.npy.zst       accumulated motion vectors at GOP 3, position 5
-    g0003.p05.res.delta.npy.zst  accumulated residual at GOP 3, position 5
+    json                          the header (Header): who the video is, its GOP table,
+                                  which positions are stored and how each member is encoded
+    g0003.iframe.planar.npy.zst   GOP 3's I-frame (position 0), BGR
+    g0003.p05.mv.planar.npy.zst   accumulated motion vectors at GOP 3, position 5
+    g0003.p05.res.planar.npy.zst  accumulated residual at GOP 3, position 5
 
 The extension says the encoding and is recorded in the header too, so a reader builds
 field names with `Header.field` instead of listing the tar. The header also lists the
 CRC-32 of every member's stored bytes (schema version 2), which `Header.decode` checks, so
 a flipped bit is a reported corrupt member, never a silently different array, and (schema
 version 3) where each member's bytes lie in the tar, so a reader that has the header
-finds any member, and the next sample, without parsing the tar headers in between. Members of
+finds any member, and the next sample, without parsing the tar headers in between. Both
+are lists in the members' order (`fields()`; schema 4), so a reader parses two lists of
+numbers, not a dictionary of every member's name. Members of
 a sample are adjacent in the tar: the header first, then GOP by GOP the I-frame and, position by
 position, MV then residual.
 
 What a member holds and how its bytes are encoded (the kinds, CoViAR's quantisation, PNG,
-zstd and row deltas) is `cvpipe.shards.codec`; the kinds are named here too, since every Header
+zstd and the planes' filters) is `cvpipe.shards.codec`; the kinds are named here too, since every Header
 call takes one.
 """
 
@@ -34,6 +36,7 @@ import re
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -47,6 +50,7 @@ from cvpipe.shards.codec import (
     QUANTISATION,
     RESIDUAL,
     Encoding,
+    Undo,
     check_encoding,
     decode_member,
     read_member,
@@ -59,9 +63,11 @@ __all__ = ["CHANNELS", "HEADER_FIELD", "IFRAME", "KINDS", "MV", "READABLE_VERSIO
 # Bump on any change a reader must know about (fields, names, encodings, quantisation).
 # 2: each header lists a CRC-32 per member, which decoding checks. 3: the delta.npy.zst
 # encoding (row deltas), the default for I-frames and residuals, and each member's place
-# in the tar (`layout`, `span`). Versions 1 (no checksums) and 2 are still read.
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+# in the tar (`layout`, `span`). 4: the planar.npy.zst encoding (planes after a colour and
+# a spatial filter), the default for every kind, and checksums and layout as lists in the
+# members' order. Versions 1 (no checksums), 2 and 3 are still read.
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 
 HEADER_FIELD = "json"
 
@@ -155,10 +161,11 @@ class Header:
     encodings: dict[str, Encoding]   # kind -> Encoding
     accumulated: bool = True         # MV and residual traced back to the GOP's I-frame
     quantisation: dict[str, str] = field(default_factory=lambda: dict(QUANTISATION))
-    checksums: dict[str, int] = field(default_factory=dict)   # field -> CRC-32 of its stored bytes
-    # field -> (offset, size) of its bytes, the offset counted from the end of the header
-    # member's data (padded to the tar block); `span`: from there to the sample's end.
-    layout: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # In the order of fields(): each member's CRC-32 (none before schema 2), and where its
+    # bytes lie, (offset, size), the offset counted from the end of the header member's
+    # data (padded to the tar block); `span`: from there to the sample's end (schema 3).
+    checksums: tuple[int, ...] = ()
+    layout: tuple[tuple[int, int], ...] = ()
     span: int = 0
     schema_version: int = SCHEMA_VERSION
 
@@ -170,7 +177,8 @@ class Header:
         if len(self.positions) != len(self.gop_starts):
             raise ValueError(f"{self.id}: {len(self.positions)} position lists for {len(self.gop_starts)} GOPs")
         for gop, stored in enumerate(self.positions):
-            if any(not 1 <= p < self.gop_size(gop) for p in stored) or list(stored) != sorted(set(stored)):
+            # Sorted without repeats, so the ends bound them all.
+            if stored and (stored[0] < 1 or stored[-1] >= self.gop_size(gop) or list(stored) != sorted(set(stored))):
                 raise ValueError(f"{self.id}: GOP {gop} of {self.gop_size(gop)} frames cannot store positions {stored}")
         for kind in KINDS:
             check_encoding(kind, self.encodings[kind])
@@ -196,6 +204,38 @@ class Header:
                            f"(stored: {list(self.positions[gop])})")
         return field_name(kind, gop, position, self.encodings[kind].extension)
 
+    def index(self, name: str) -> int:
+        """Where member `name` (a field this header lists) comes in `fields()`; KeyError if
+        it is not one."""
+        try:
+            kind, gop, position, _ = parse_field(name)
+            if self.field(kind, gop, position) != name:
+                raise KeyError(name)
+        except ValueError:
+            raise KeyError(f"{self.id}: {name!r} is not a member field") from None
+        if kind == IFRAME:
+            return self._gop_index[gop]
+        return self._gop_index[gop] + 1 + 2 * self.positions[gop].index(position) + (kind == RESIDUAL)
+
+    @cached_property
+    def _gop_index(self) -> tuple[int, ...]:
+        """Per GOP, the index of its I-frame in `fields()`: each GOP holds 1 + 2 x its positions."""
+        starts, index = [], 0
+        for stored in self.positions:
+            starts.append(index)
+            index += 1 + 2 * len(stored)
+        return tuple(starts)
+
+    @property
+    def num_members(self) -> int:
+        return sum(1 + 2 * len(stored) for stored in self.positions)
+
+    def where(self, name: str) -> tuple[int, int]:
+        """(offset, size) of member `name` in the tar, from the header's data end (`layout`)."""
+        if not self.layout:
+            raise KeyError(f"{self.id}: the header (schema {self.schema_version}) does not say where members lie")
+        return self.layout[self.index(name)]
+
     def fields(self) -> list[str]:
         """Every data member's field, in the order they follow the header in the tar."""
         names = []
@@ -207,15 +247,18 @@ class Header:
 
     def with_checksums(self, members: dict[str, bytes]) -> Header:
         """This header listing the CRC-32 of each of its members (all of `fields()`)."""
-        if sorted(members) != sorted(self.fields()):
-            raise ValueError(f"{self.id}: checksums for {len(members)} members, the header lists {len(self.fields())}")
-        return replace(self, checksums={name: zlib.crc32(data) for name, data in members.items()})
+        return replace(self, checksums=tuple(zlib.crc32(data) for data in self._in_order(members, "checksums")))
 
     def with_layout(self, layout: dict[str, tuple[int, int]], span: int) -> Header:
         """This header saying where its members lie in the tar (all of `fields()`)."""
-        if sorted(layout) != sorted(self.fields()):
-            raise ValueError(f"{self.id}: a layout of {len(layout)} members, the header lists {len(self.fields())}")
-        return replace(self, layout=dict(layout), span=span)
+        return replace(self, layout=tuple(tuple(place) for place in self._in_order(layout, "a layout")), span=span)
+
+    def _in_order(self, by_field: dict[str, Any], what: str) -> list[Any]:
+        """The values of a {field: value} dictionary of every member, in `fields()` order."""
+        names = self.fields()
+        if sorted(by_field) != sorted(names):
+            raise ValueError(f"{self.id}: {what} for {len(by_field)} members, the header lists {len(names)}")
+        return [by_field[name] for name in names]
 
     def decode(self, name: str, data: bytes) -> np.ndarray:
         """The array of member `name` (a field of this header) from its stored bytes;
@@ -223,20 +266,21 @@ class Header:
         kind = self._check(name, data)
         return decode_member(kind, data, self.encodings[kind])
 
-    def read(self, name: str, data: bytes) -> tuple[np.ndarray, bool]:
-        """Member `name`'s array as stored (codec.read_member: maybe row deltas, maybe a
-        read-only view), after the checks of `decode`."""
+    def read(self, name: str, data: bytes) -> tuple[np.ndarray, Undo]:
+        """Member `name`'s planes as stored and what is left to undo on them
+        (codec.read_member: maybe a read-only view), after the checks of `decode`."""
         kind = self._check(name, data)
         return read_member(kind, data, self.encodings[kind])
 
     def _check(self, name: str, data: bytes) -> str:
         """The kind of member `name`, once its bytes match the checksum this header lists."""
-        expected = self.checksums.get(name)
-        if expected is not None and zlib.crc32(data) != expected:
+        try:
+            index = self.index(name)
+        except KeyError:
+            raise ValueError(f"{self.id}: member '{name}' is not one this header lists") from None
+        if self.checksums and zlib.crc32(data) != self.checksums[index]:
             raise ValueError(f"{self.id}: member '{name}' is corrupt (CRC-32 {zlib.crc32(data):08x}, "
-                             f"written {expected:08x})")
-        if self.schema_version >= 2 and expected is None:
-            raise ValueError(f"{self.id}: member '{name}' is not one this header lists")
+                             f"written {self.checksums[index]:08x})")
         return parse_field(name)[0]
 
     # -- sampling: which stored member serves a frame index --
@@ -294,15 +338,31 @@ class Header:
             raw["gop_starts"] = tuple(raw["gop_starts"])
             raw["positions"] = tuple(tuple(p) for p in raw["positions"])
             raw["encodings"] = {k: Encoding.from_json(e) for k, e in raw["encodings"].items()}
-            raw["layout"] = {k: (int(o), int(s)) for k, (o, s) in raw.get("layout", {}).items()}
+            by_field = {k: raw.pop(k) for k in ("checksums", "layout") if isinstance(raw.get(k), dict)}
+            raw["checksums"] = tuple(raw.get("checksums", ()))
+            raw["layout"] = tuple(map(tuple, raw.get("layout", ())))
             header = cls(**raw)
+            if by_field:  # schemas 2 and 3: {field: value}
+                header = replace(header, **{k: tuple(map(lambda v: tuple(v) if isinstance(v, list) else v,
+                                                         header._in_order(v, k))) for k, v in by_field.items()})
         except (TypeError, KeyError, AttributeError, json.JSONDecodeError) as e:
             raise ValueError(f"malformed shard header: {e!r}") from None
-        if version >= 2 and sorted(header.checksums) != sorted(header.fields()):
+        if version >= 2 and not _numbers(header.checksums, (header.num_members,)):
             raise ValueError(f"malformed shard header: {header.id}: checksums do not list its members")
-        if header.layout and (sorted(header.layout) != sorted(header.fields()) or header.span <= 0):
+        if header.layout and not (_numbers(header.layout, (header.num_members, 2)) and header.span > 0
+                                  and min(map(min, header.layout)) >= 0
+                                  and max(o + s for o, s in header.layout) <= header.span):
             raise ValueError(f"malformed shard header: {header.id}: its layout does not list its members")
         return header
+
+
+def _numbers(values: tuple, shape: tuple[int, ...]) -> bool:
+    """Whether `values` are integers of that shape (what JSON lists of a header must be)."""
+    try:
+        array = np.asarray(values)
+    except ValueError:  # ragged
+        return False
+    return array.shape == shape and array.dtype.kind in "iu"
 
 
 def header_for(entry: Any, video: Any, position_spec: str, encodings: dict[str, Encoding]) -> Header:

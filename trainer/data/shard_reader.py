@@ -142,25 +142,44 @@ def video_frames(picked: Picked, sampling: Sampling, rng: np.random.Generator | 
 
 class StoredSample(Mapping[str, bytes]):
     """A sample's members in a local tar, read on access (pread at indexed offsets), so a
-    video costs the bytes its segments sample, not the whole sample; `header` is its
-    parsed header where finding the members needed it. Valid while the shard_samples
-    generator that made it is at this sample."""
+    video costs the bytes its segments sample, not the whole sample. `fields`: the members
+    whose tar headers were read, {field: (offset, size)}; the others are where `header`'s
+    layout puts them, from byte `base` on (schema 3 and later). `header` is the parsed
+    header where finding the members needed it. Valid while the shard_samples generator
+    that made it is at this sample."""
 
-    def __init__(self, fd: int, fields: dict[str, tuple[int, int]], header: schema.Header | None = None) -> None:
-        self.fd, self.fields, self.header = fd, fields, header
+    def __init__(self, fd: int, fields: dict[str, tuple[int, int]], header: schema.Header | None = None,
+                 base: int | None = None) -> None:
+        self.fd, self.fields, self.header, self.base = fd, fields, header, base
+
+    def _place(self, field: str) -> tuple[int, int]:
+        if field in self.fields:
+            return self.fields[field]
+        if self.base is None:
+            raise KeyError(field)
+        offset, size = self.header.where(field)
+        return self.base + offset, size
 
     def __getitem__(self, field: str) -> bytes:
-        offset, size = self.fields[field]
+        offset, size = self._place(field)
         data = os.pread(self.fd, size, offset)
         if len(data) != size:
             raise ShardProblem(f"member '{field}' is cut short ({len(data)} of {size} bytes)")
         return data
 
+    def __contains__(self, field: object) -> bool:
+        try:
+            self._place(field)
+        except KeyError:
+            return False
+        return True
+
     def __iter__(self) -> Iterator[str]:
-        return iter(self.fields)
+        laid_out = self.header.fields() if self.base is not None else []
+        return iter([*self.fields, *laid_out])
 
     def __len__(self) -> int:
-        return len(self.fields)
+        return len(self.fields) + (self.header.num_members if self.base is not None else 0)
 
 
 def sample_header(sample: Mapping[str, bytes]) -> schema.Header:
@@ -211,10 +230,10 @@ def _streamed(f) -> Iterator[tuple[str, dict[str, bytes]]]:
 def _indexed(f) -> Iterator[tuple[str, StoredSample]]:
     end = os.fstat(f.fileno()).st_size
     tar = tarfile.open(fileobj=f, mode="r:")
-    key, fields, header = None, {}, None
+    key, fields, header, base = None, {}, None, None
 
     def sample() -> StoredSample:
-        return StoredSample(f.fileno(), fields, header)
+        return StoredSample(f.fileno(), fields, header, base)
 
     try:
         while (info := tar.next()) is not None:
@@ -224,7 +243,7 @@ def _indexed(f) -> Iterator[tuple[str, StoredSample]]:
             if name_key != key:
                 if key is not None:
                     yield key, sample()
-                key, fields, header = name_key, {}, None
+                key, fields, header, base = name_key, {}, None, None
             if info.offset_data + info.size > end:
                 raise ShardProblem(f"member '{info.name}' is cut short (the file ends at byte {end})")
             fields[field] = (info.offset_data, info.size)
@@ -234,7 +253,6 @@ def _indexed(f) -> Iterator[tuple[str, StoredSample]]:
                     base = tar.offset  # the header member's data end, padded: where its layout counts from
                     if base + header.span > end:
                         raise ShardProblem(f"sample {key!r} is cut short (it ends past byte {end})")
-                    fields.update({name: (base + offset, size) for name, (offset, size) in header.layout.items()})
                     tar.offset = base + header.span  # tarfile reads on from there: the next sample
     except Exception:
         if key is not None and _whole(sample()):

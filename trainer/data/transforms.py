@@ -2,7 +2,7 @@
 normalisation in a few tensor operations.
 
 Loader workers only read and decompress: they hand over uint8 frames as the shards store
-them, (B, S, H, W, C) per modality (BGR I-frames; MV and residual already in CoViAR's
+them, (B, S, C, H, W) planes per modality (BGR I-frames; MV and residual already in CoViAR's
 uint8 quantisation, cvpipe.shards.codec), and each video's views as numbers (`View`): the
 crop and flip drawn where TSN draws them, so seeds, DDP and resuming are unchanged.
 `apply_views` then runs where the frames are (the GPU, or the CPU where there is none) and
@@ -128,21 +128,21 @@ def _grid_axis(axis: Tensor, size: int, frame_length: int, flip: Tensor | None) 
 
 
 def apply_views(frames: Tensor, views: Tensor, modality: str, size: int) -> Tensor:
-    """Stored frames uint8 (B, S, H, W, C) and views int64 (B, V, VIEW_FIELDS) (`views_tensor`) ->
+    """Stored frames uint8 (B, S, C, H, W) and views int64 (B, V, VIEW_FIELDS) (`views_tensor`) ->
     float32 (B, S x V, C, size, size), segment-major, normalised; on `frames.device`.
     Frames smaller than H x W sit at the top left (the views never reach the padding).
     One bilinear `grid_sample` serves every segment, channel and view of a video."""
-    if frames.dtype != torch.uint8 or frames.dim() != 5 or frames.shape[-1] != CHANNELS[modality]:
-        raise ValueError(f"{modality} frames must be uint8 (B, S, H, W, {CHANNELS[modality]}), "
+    if frames.dtype != torch.uint8 or frames.dim() != 5 or frames.shape[2] != CHANNELS[modality]:
+        raise ValueError(f"{modality} frames must be uint8 (B, S, {CHANNELS[modality]}, H, W), "
                          f"not {tuple(frames.shape)} {frames.dtype}")
     views = views.to(frames.device)
-    b, s, height, width, c = frames.shape
+    b, s, c, height, width = frames.shape
     v = views.shape[1]
     gx = _grid_axis(views[..., :AXIS_FIELDS], size, width, views[..., -1])  # (B, V, size)
     gy = _grid_axis(views[..., AXIS_FIELDS:2 * AXIS_FIELDS], size, height, None)
     # Views stacked along the output's height: (B, V * size, size, 2) as (x, y).
     grid = torch.stack(torch.broadcast_tensors(gx[:, :, None, :], gy[:, :, :, None]), dim=-1).view(b, v * size, size, 2)
-    x = frames.permute(0, 1, 4, 2, 3).reshape(b, s * c, height, width).float()
+    x = frames.reshape(b, s * c, height, width).float()
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     x = x.view(b, s, c, v, size, size).transpose(2, 3)  # (B, S, V, C, size, size)
     if modality == "mv":  # a mirrored motion field points the other way in x
