@@ -164,11 +164,11 @@ class Encoding:
         return cls(**data)
 
 
-# Chosen by measurement (benchmarks/bench_shard.py, README "Shards"): on real clips, planes
-# after the colour and gradient filters are 28% smaller than schema 3's row deltas for
-# I-frames, after the colour and up filters 23% smaller for residuals, and plain planes at
-# zstd 9 25% smaller for motion fields, all decompressing at least as fast; the filters are
-# undone on the training device.
+# Chosen by measurement (benchmarks/bench_shard.py, README "Shards"): planes after the
+# colour and gradient filters are 31-35% smaller than schema 3's row deltas for I-frames,
+# after the colour and up filters 23-25% smaller for residuals, and plain planes at zstd 9
+# up to 20% smaller for motion fields; zstd 6 and 9 cost encoding time, not reading time.
+# The filters are undone on the training device.
 DEFAULT_ENCODINGS = {
     IFRAME: Encoding("planar.npy.zst", level=6, predictor="grad", colour=True),
     MV: Encoding("planar.npy.zst", level=9, predictor="none", colour=False),
