@@ -342,9 +342,10 @@ class Header:
             raw["checksums"] = tuple(raw.get("checksums", ()))
             raw["layout"] = tuple(map(tuple, raw.get("layout", ())))
             header = cls(**raw)
-            if by_field:  # schemas 2 and 3: {field: value}
-                header = replace(header, **{k: tuple(map(lambda v: tuple(v) if isinstance(v, list) else v,
-                                                         header._in_order(v, k))) for k, v in by_field.items()})
+            if by_field:  # schemas 2 and 3 wrote {field: value}
+                ordered = {k: header._in_order(v, k) for k, v in by_field.items()}
+                header = replace(header, checksums=tuple(ordered.get("checksums", header.checksums)),
+                                 layout=tuple(map(tuple, ordered.get("layout", header.layout))))
         except (TypeError, KeyError, AttributeError, json.JSONDecodeError) as e:
             raise ValueError(f"malformed shard header: {e!r}") from None
         if version >= 2 and not _numbers(header.checksums, (header.num_members,)):
