@@ -7,6 +7,7 @@ needs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -388,3 +389,23 @@ def test_a_member_that_does_not_decode_says_so_plainly():
         codec.decode_member(ss.MV, data[:20] + b"((" + data[22:], codec.Encoding("npy"))
     with pytest.raises(ValueError, match="do not decode as npy.zst"):
         codec.decode_member(ss.MV, b"not zstd", codec.Encoding("npy.zst", level=3))
+
+
+@pytest.mark.parametrize("argv,expected", [
+    ([], codec.DEFAULT_ENCODINGS),
+    (["--zstd-level", "3"], {k: dataclasses.replace(e, level=3) for k, e in codec.DEFAULT_ENCODINGS.items()}),
+    (["--iframe-format", "jpeg", "--jpeg-quality", "80", "--residual-format", "npy.zst"],
+     {ss.IFRAME: codec.Encoding("jpeg", quality=80), ss.MV: codec.DEFAULT_ENCODINGS[ss.MV],
+      ss.RESIDUAL: codec.Encoding("npy.zst", level=codec.DEFAULT_ENCODINGS[ss.RESIDUAL].level)}),
+])
+def test_cvpipe_shard_options_choose_each_kinds_encoding(argv: list[str], expected: dict) -> None:
+    """--zstd-level overrides every zstd member's level and nothing else; without it each
+    kind keeps its default level."""
+    import argparse
+
+    from cvpipe.cli import shard
+
+    parser = argparse.ArgumentParser()
+    shard.register(parser.add_subparsers())
+    args = parser.parse_args(["shard", "--manifest", "m.jsonl", "--out", "out", *argv])
+    assert shard.options_from_args(args).encodings == expected
