@@ -19,7 +19,7 @@ import os
 import sys
 
 from cvpipe.shards.cluster import EnvironmentProblem
-from cvpipe.shards.codec import DEFAULT_ENCODINGS, IFRAME, JPEG_QUALITY, MV, PNG_LEVEL, RESIDUAL, Encoding
+from cvpipe.shards.codec import DEFAULT_ENCODINGS, IFRAME, JPEG_QUALITY, MV, PNG_LEVEL, RESIDUAL, ZSTD_FORMATS, Encoding
 from cvpipe.shards.job import DEFAULT_SHARD_SIZE, run_job, summary_table
 from cvpipe.shards.output import OutputProblem
 from cvpipe.shards.verify import failure_lines
@@ -68,7 +68,7 @@ def options_from_args(args: argparse.Namespace) -> ShardOptions:
         residual = Encoding(args.residual_format, level=residual.level)
     encodings = {IFRAME: iframe, MV: DEFAULT_ENCODINGS[MV], RESIDUAL: residual}
     if args.zstd_level is not None:
-        encodings = {kind: dataclasses.replace(e, level=args.zstd_level) if e.format.endswith(".zst") else e
+        encodings = {kind: dataclasses.replace(e, level=args.zstd_level) if e.format in ZSTD_FORMATS else e
                      for kind, e in encodings.items()}
     return ShardOptions(positions=args.positions, encodings=encodings)
 

@@ -87,7 +87,7 @@ FORMATS = {"png": "png", "jpeg": "jpg", "npy": "npy", "npy.zst": "npy.zst", "del
            "planar.npy.zst": "planar.npy.zst"}
 _ARRAYS = ("planar.npy.zst", "delta.npy.zst", "npy.zst", "npy")
 ALLOWED_FORMATS = {IFRAME: (*_ARRAYS, "png", "jpeg"), MV: (*_ARRAYS, "png"), RESIDUAL: (*_ARRAYS, "png")}
-_ZSTD = ("npy.zst", "delta.npy.zst", "planar.npy.zst")
+ZSTD_FORMATS = ("npy.zst", "delta.npy.zst", "planar.npy.zst")  # their level is zstd's
 # planar.npy.zst's spatial predictors, PNG's names: "up" predicts a value by the one above
 # it, "grad" (a + b - c, the "gradient" of LOCO-I without its clamp) by left + above -
 # above-left, which is the up filter applied after the left one.
@@ -122,7 +122,7 @@ class Encoding:
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ValueError(f"encoding format {self.format!r} is not one of {', '.join(FORMATS)}")
-        bounds = {"png": (0, 9)}.get(self.format, (1, 22) if self.format in _ZSTD else None)
+        bounds = {"png": (0, 9)}.get(self.format, (1, 22) if self.format in ZSTD_FORMATS else None)
         if (self.level is not None) != (bounds is not None):
             raise ValueError(f"encoding {self.format!r}: a level is {'required' if bounds else 'not used'}")
         if bounds and not bounds[0] <= self.level <= bounds[1]:
@@ -192,10 +192,8 @@ def encode_member(kind: str, array: np.ndarray, encoding: Encoding) -> bytes:
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != CHANNELS[kind]:
         raise ValueError(f"{kind} member must be (H, W, {CHANNELS[kind]}) uint8, not {array.shape} {array.dtype}")
     if encoding.format in _ARRAYS:
-        if encoding.format == "planar.npy.zst":
-            array = filter_planes(array.transpose(2, 0, 1), encoding.undo)
-        elif encoding.format == "delta.npy.zst":
-            array = filter_planes(array.transpose(2, 0, 1), encoding.undo).transpose(1, 2, 0)
+        planes = filter_planes(array.transpose(2, 0, 1), encoding.undo)
+        array = planes if encoding.format == "planar.npy.zst" else planes.transpose(1, 2, 0)
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
         data = buffer.getvalue()
@@ -227,18 +225,19 @@ def filter_planes(planes: np.ndarray, filters: Undo) -> np.ndarray:
     return out
 
 
-def unfilter_planes(array: np.ndarray, undo: Undo) -> np.ndarray:
-    """The (C, H, W) planes that `filter_planes(planes, undo)` was given; any leading
-    dimensions. The trainer does the same on the device (trainer.data.batches)."""
+def unfilter_planes(array: Any, undo: Undo) -> Any:
+    """The (C, H, W) uint8 planes that `filter_planes(planes, undo)` was given, with any
+    leading dimensions. `array` is a numpy array or a torch tensor on any device (the
+    trainer undoes a whole batch where it trains): only operations both spell alike."""
     out = array
     if Undo.UP in undo:
-        out = np.cumsum(out, axis=-2, dtype=np.uint8)
+        out = out.cumsum(-2, dtype=out.dtype)  # uint8 sums wrap mod 256, as the filters were taken
     if Undo.LEFT in undo:
-        out = np.cumsum(out, axis=-1, dtype=np.uint8)
+        out = out.cumsum(-1, dtype=out.dtype)
     if Undo.COLOUR in undo:
-        out = np.array(out)  # never write into the caller's (maybe read-only) array
-        out[..., 0, :, :] += out[..., 1, :, :]
-        out[..., 2, :, :] += out[..., 1, :, :]
+        green = out[..., 1:2, :, :]
+        out = out + green  # a new array: the caller's (maybe read-only) one is never written
+        out[..., 1:2, :, :] = green
     return out
 
 
@@ -255,7 +254,7 @@ def read_member(kind: str, data: bytes, encoding: Encoding) -> tuple[np.ndarray,
     check_encoding(kind, encoding)
     try:
         if encoding.format in _ARRAYS:
-            raw = _decompressor().decompress(data) if encoding.format in _ZSTD else data
+            raw = _decompressor().decompress(data) if encoding.format in ZSTD_FORMATS else data
             array = _npy_view(raw)
         else:
             with Image.open(io.BytesIO(data)) as image:

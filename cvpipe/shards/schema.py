@@ -348,22 +348,22 @@ class Header:
                                  layout=tuple(map(tuple, ordered.get("layout", header.layout))))
         except (TypeError, KeyError, AttributeError, json.JSONDecodeError) as e:
             raise ValueError(f"malformed shard header: {e!r}") from None
-        if version >= 2 and not _numbers(header.checksums, (header.num_members,)):
+        if version >= 2 and _integers(header.checksums, (header.num_members,)) is None:
             raise ValueError(f"malformed shard header: {header.id}: checksums do not list its members")
-        if header.layout and not (_numbers(header.layout, (header.num_members, 2)) and header.span > 0
-                                  and min(map(min, header.layout)) >= 0
-                                  and max(o + s for o, s in header.layout) <= header.span):
+        places = _integers(header.layout, (header.num_members, 2))  # (offset, size) per member
+        if header.layout and (places is None or header.span <= 0 or places.min() < 0
+                              or places.sum(axis=1).max() > header.span):
             raise ValueError(f"malformed shard header: {header.id}: its layout does not list its members")
         return header
 
 
-def _numbers(values: tuple, shape: tuple[int, ...]) -> bool:
-    """Whether `values` are integers of that shape (what JSON lists of a header must be)."""
+def _integers(values: tuple, shape: tuple[int, ...]) -> np.ndarray | None:
+    """`values` as an integer array of that shape (what a header's JSON lists must be), or None."""
     try:
         array = np.asarray(values)
     except ValueError:  # ragged
-        return False
-    return array.shape == shape and array.dtype.kind in "iu"
+        return None
+    return array if array.shape == shape and array.dtype.kind in "iu" else None
 
 
 def header_for(entry: Any, video: Any, position_spec: str, encodings: dict[str, Encoding]) -> Header:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cvpipe.shards.codec import Undo
+from cvpipe.shards.codec import Undo, unfilter_planes
 from trainer.data.contract import Batch
 from trainer.data.transforms import CHANNELS, View, apply_views, views_tensor
 
@@ -75,29 +75,13 @@ def unfilter(frames: Tensor, undo: Tensor) -> Tensor:
     CPU, so deciding what to do costs no device sync) -> the planes before the shard
     writer's filters: codec.unfilter_planes, for a batch on any device."""
     codes = sorted(set(undo.tolist()))
-    if codes == [Undo.NONE]:
-        return frames
     if len(codes) == 1:
-        return _unfilter(frames, Undo(codes[0]))
+        return unfilter_planes(frames, Undo(codes[0]))
     out = frames.clone()
     for code in codes:
         rows = (undo == code).nonzero().flatten().to(frames.device, non_blocking=True)
-        out[rows] = _unfilter(frames[rows], Undo(code))
+        out[rows] = unfilter_planes(frames[rows], Undo(code))
     return out
-
-
-def _unfilter(frames: Tensor, undo: Undo) -> Tensor:
-    # uint8 sums wrap mod 256, as the filters were taken.
-    if Undo.UP in undo:
-        frames = torch.cumsum(frames, dim=-2, dtype=torch.uint8)
-    if Undo.LEFT in undo:
-        frames = torch.cumsum(frames, dim=-1, dtype=torch.uint8)
-    if Undo.COLOUR in undo:
-        if not undo & (Undo.UP | Undo.LEFT):  # else a cumsum made a new tensor already
-            frames = frames.clone()
-        frames[..., 0, :, :] += frames[..., 1, :, :]
-        frames[..., 2, :, :] += frames[..., 1, :, :]
-    return frames
 
 
 def to_device(stored: StoredBatch, size: int, device: torch.device) -> Batch:

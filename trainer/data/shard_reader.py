@@ -111,9 +111,10 @@ def pick(header: schema.Header, sample: dict[str, bytes], sampling: Sampling, rn
         for modality in sampling.modalities:
             kind = KIND[modality]
             name = header.field(kind, gop, 0 if kind == schema.IFRAME else position)
-            if name not in sample:
-                raise ShardProblem(f"{where}: member '{name}' is missing")
-            members[modality, segment] = sample[name]
+            try:
+                members[modality, segment] = sample[name]
+            except KeyError:
+                raise ShardProblem(f"{where}: member '{name}' is missing") from None
             names[modality, segment] = name
     return Picked(header, members, names, where)
 
