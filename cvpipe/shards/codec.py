@@ -235,9 +235,10 @@ def unfilter_planes(array: Any, undo: Undo) -> Any:
     if Undo.LEFT in undo:
         out = out.cumsum(-1, dtype=out.dtype)
     if Undo.COLOUR in undo:
-        green = out[..., 1:2, :, :]
-        out = out + green  # a new array: the caller's (maybe read-only) one is never written
-        out[..., 1:2, :, :] = green
+        if out is array:  # never write into the caller's (maybe read-only) array; indexing by a list copies
+            out = out[..., [0, 1, 2], :, :]
+        out[..., 0, :, :] += out[..., 1, :, :]
+        out[..., 2, :, :] += out[..., 1, :, :]
     return out
 
 
