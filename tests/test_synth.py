@@ -1,12 +1,14 @@
 """`cvpipe synth`: the synthetic action dataset is reproducible, balanced, CoViAR-format,
-and its classes differ the way the class table says (motion or appearance).
+and each class's cue shows in the modality it is meant for (appearance in the I-frame,
+motion in the motion vectors, spots in the residuals), present with its probability.
 
-Motion and appearance are measured on the encoded videos with the extractor, inside the
-actor's disc as the scene description places it (ground truth from the renderer).
+Cues are measured on the encoded videos with the extractor, inside the actor's discs and
+spots as the scene description places them (ground truth from the renderer).
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -18,10 +20,25 @@ import pytest
 import cvpipe
 from cvpipe.cli import main
 from cvpipe.datasets.manifest import read_manifest
-from cvpipe.datasets.synth import MAX_CLASSES, SynthConfig, generate, scene, split_counts, synth_class, video_id
+from cvpipe.datasets.synth import (
+    APPEARANCES,
+    MAX_CLASSES,
+    SynthConfig,
+    cues,
+    cues_shown,
+    generate,
+    scene,
+    split_counts,
+    synth_class,
+    video_id,
+)
+from cvpipe.datasets.synth_render import MOTIONS, SPOT_PATTERNS, STILL
 
-CONFIG = SynthConfig(classes=4, videos_per_class=3, frames=24, width=64, height=64, seed=7)
-CLI_ARGS = ["--classes", "4", "--videos-per-class", "3", "--frames", "24", "--size", "64x64", "--seed", "7"]
+# Every cue shown, so each class test sees its cue; the probabilities have their own test.
+CONFIG = SynthConfig(classes=4, videos_per_class=3, frames=24, width=96, height=96, seed=7,
+                     iframe_cue=1.0, residual_cue=1.0, mv_cue=1.0)
+CLI_ARGS = ["--classes", "4", "--videos-per-class", "3", "--frames", "24", "--size", "96x96", "--seed", "7",
+            "--iframe-cue", "1", "--residual-cue", "1", "--mv-cue", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -87,60 +104,105 @@ def test_split_counts() -> None:
 def test_every_video_has_the_gop_table_asked(dataset: Path) -> None:
     for entry in read_manifest(dataset / "all.jsonl"):
         video = cvpipe.open(entry.path)
-        assert (video.width, video.height, video.num_frames) == (64, 64, 24)
+        assert (video.width, video.height, video.num_frames) == (96, 96, 24)
         assert video.gop_starts == (0, 12) and video.frame_types == ("I" + "P" * 11) * 2
 
 
-def _inside_actor(label: int, index: int, frame: int, shrink: float = 0.7) -> np.ndarray:
-    cx, cy, radius = scene(CONFIG, label, index).actor_on_screen(frame)
+def _inside(label: int, index: int, part: int, frame: int, shrink: float = 0.7) -> np.ndarray:
+    """Pixels well inside one of the actor's sprites (0: upper disc, 1: lower disc, 2..: spots)."""
+    sc = scene(CONFIG, label, index)
+    cx, cy, radius = sc.on_screen(sc.parts[part].track, frame)
     ys, xs = np.mgrid[0:CONFIG.height, 0:CONFIG.width] + 0.5
     return (xs - cx) ** 2 + (ys - cy) ** 2 < (shrink * radius) ** 2
 
 
-def _labels_with(**fields: str) -> list[int]:
-    return [k for k in range(CONFIG.classes)
-            if all(getattr(synth_class(k), key) == value for key, value in fields.items())]
+def _actor_x_motion(dataset: Path, label: int) -> float:
+    # The discs' accumulated MV at the last frame of each GOP (CoViAR sign: where a pixel
+    # went since the I-frame), against the background's, so the camera's pan cancels.
+    values = []
+    for index in range(CONFIG.videos_per_class):
+        mv = cvpipe.open(dataset / "videos" / f"{video_id(label, index)}.m4v").extract([11, 23], ["mv_accumulated"])
+        for i, frame in enumerate((11, 23)):
+            x = mv["mv_accumulated"][i, ..., 0]
+            actor = _inside(label, index, 0, frame) | _inside(label, index, 1, frame)
+            values.append(x[actor].mean() - np.median(x[~actor]))
+    return float(np.mean(values))
 
 
-def test_motion_classes_differ_in_motion(dataset: Path) -> None:
-    # Same object, opposite directions: the actor's accumulated MV at the last frame of
-    # each GOP points the class's way (CoViAR sign: where a pixel went since the I-frame).
-    (right,), (left,) = _labels_with(object="stripes", motion="right"), _labels_with(object="stripes", motion="left")
-    mean_x = {}
-    for label in (right, left):
-        values = []
-        for index in range(CONFIG.videos_per_class):
-            video = cvpipe.open(dataset / "videos" / f"{video_id(label, index)}.m4v")
-            mv = video.extract([11, 23], ["mv_accumulated"])["mv_accumulated"]
-            values += [mv[i, ..., 0][_inside_actor(label, index, frame)].mean() for i, frame in enumerate((11, 23))]
-        mean_x[label] = np.mean(values)
-    assert mean_x[right] > 1.0 and mean_x[left] < -1.0
+def test_motion_cues_show_in_the_motion_vectors(dataset: Path) -> None:
+    assert MOTIONS[0].name == "right" and MOTIONS[1].name == "left"
+    assert _actor_x_motion(dataset, 0) > 2.0 and _actor_x_motion(dataset, 1) < -2.0
 
 
-def test_appearance_classes_differ_in_appearance(dataset: Path) -> None:
-    # The actor's mean colour in the I-frame: closer between the two classes of one object
-    # (stripes_right/stripes_left, dots_left/dots_crawl) than between any two of different objects.
+def test_appearance_cues_show_in_the_i_frame(dataset: Path) -> None:
+    # Classes 0 and 1 carry the same two surfaces in the other order: the upper disc of one
+    # looks like the lower disc of the other, and unlike its own lower disc.
+    assert APPEARANCES[0] == APPEARANCES[1][::-1]
     colour = {}
+    for label in (0, 1):
+        for part in (0, 1):
+            samples = []
+            for index in range(CONFIG.videos_per_class):
+                bgr = cvpipe.open(dataset / "videos" / f"{video_id(label, index)}.m4v").extract([0], ["bgr"])["bgr"][0]
+                samples.append(bgr[_inside(label, index, part, 0)].mean(axis=0))
+            colour[label, part] = np.mean(samples, axis=0)
+    same = [np.linalg.norm(colour[0, 0] - colour[1, 1]), np.linalg.norm(colour[0, 1] - colour[1, 0])]
+    different = [np.linalg.norm(colour[0, 0] - colour[0, 1]), np.linalg.norm(colour[1, 0] - colour[1, 1])]
+    assert max(same) < 0.5 * min(different)
+
+
+def test_spot_cues_show_in_the_residual_not_in_the_i_frame(dataset: Path, tmp_path: Path) -> None:
+    # The same videos drawn without their spots (the cue has its own random stream, so
+    # nothing else changes): the I-frame, the GOP's first frame, is bit-identical; mid-GOP the
+    # residual differs on the spots, by far more than on the rest of the frame.
+    unlit = tmp_path / "unlit"
+    generate(SynthConfig(**{**CONFIG.__dict__, "residual_cue": 0.0}), unlit, jobs=2, progress=False)
+    on_spots, elsewhere = [], []
     for label in range(CONFIG.classes):
-        samples = []
         for index in range(CONFIG.videos_per_class):
-            bgr = cvpipe.open(dataset / "videos" / f"{video_id(label, index)}.m4v").extract([0], ["bgr"])["bgr"][0]
-            samples.append(bgr[_inside_actor(label, index, 0)].mean(axis=0))
-        colour[label] = np.mean(samples, axis=0)
-    same = [np.linalg.norm(colour[a] - colour[b]) for a in range(4) for b in range(a + 1, 4)
-            if synth_class(a).object == synth_class(b).object]
-    different = [np.linalg.norm(colour[a] - colour[b]) for a in range(4) for b in range(a + 1, 4)
-                 if synth_class(a).object != synth_class(b).object]
-    assert len(same) == 2 and max(same) < min(different)
+            name = f"videos/{video_id(label, index)}.m4v"
+            lit, dark = (cvpipe.open(root / name).extract([0, 6], ["bgr", "residual"]) for root in (dataset, unlit))
+            assert np.array_equal(lit["bgr"][0], dark["bgr"][0])
+            change = np.abs(lit["residual"][1].astype(np.float64) - dark["residual"][1]).mean(-1)
+            spots = np.any([_inside(label, index, p, 6) for p in range(2, 5)], axis=0)
+            near = np.any([_inside(label, index, p, 6, shrink=3.0) for p in range(2, 5)], axis=0)
+            on_spots.append(change[spots].mean())
+            elsewhere.append(change[~near].mean())
+    assert np.median(on_spots) > 20 and np.median(on_spots) > 10 * np.median(elsewhere)
 
 
-def test_class_chain_pairs_every_class_with_a_motion_twin_and_an_appearance_twin() -> None:
-    classes = [synth_class(k) for k in range(10)]
-    assert len({c.name for c in classes}) == 10
-    assert Counter(c.object for c in classes) == Counter({c.object: 2 for c in classes})
-    motions = Counter(c.motion for c in classes)
-    assert set(motions.values()) == {1, 2} and {m for m, n in motions.items() if n == 1} == {"right", "zoom_in"}
-    assert {"right", "left", "crawl", "swing", "spin", "zoom_in"} == set(motions)
+def test_each_modality_names_every_class() -> None:
+    classes = [synth_class(k) for k in range(MAX_CLASSES)]
+    assert len({c.name for c in classes}) == MAX_CLASSES
+    for cue in ("motion", "spots"):
+        assert len({getattr(c, cue) for c in classes}) == MAX_CLASSES, cue
+    assert len({(c.top, c.bottom) for c in classes}) == MAX_CLASSES and all(c.top != c.bottom for c in classes)
+    assert len({frozenset(cells) for _, cells in SPOT_PATTERNS}) == len(SPOT_PATTERNS)
+    assert all(len(cells) == 3 for _, cells in SPOT_PATTERNS)
+
+
+def test_cues_are_shown_with_their_probabilities_independently() -> None:
+    config = SynthConfig(iframe_cue=0.9, residual_cue=0.8, mv_cue=0.6)
+    shown = [cues_shown(cues(config, k % 10, n)) for k in range(10) for n in range(300)]
+    for modality, p in (("iframe", 0.9), ("residual", 0.8), ("mv", 0.6)):
+        assert abs(np.mean([s[modality] for s in shown]) - p) < 0.03, modality
+    both = np.mean([s["iframe"] and s["mv"] for s in shown])
+    assert abs(both - 0.9 * 0.6) < 0.03  # independent
+    # An absent cue is the neutral one, and raising a probability only adds cues.
+    more = SynthConfig(iframe_cue=0.95, residual_cue=0.8, mv_cue=0.6)
+    for k in range(10):
+        for n in range(50):
+            c, c_more = cues(config, k, n), cues(more, k, n)
+            assert (c.top != c.bottom) <= (c_more.top != c_more.bottom)
+            assert (c.motion, c.spots) == (c_more.motion, c_more.spots)
+            assert c.motion in (STILL, MOTIONS[k].name)
+    none = SynthConfig(iframe_cue=0.0, residual_cue=0.0, mv_cue=0.0)
+    assert not any(any(cues_shown(cues(none, k, n)).values()) for k in range(10) for n in range(20))
+
+
+def test_synth_json_records_which_cues_each_video_shows(dataset: Path) -> None:
+    recorded = json.loads((dataset / "synth.json").read_text())["cues"]
+    assert len(recorded) == 12 and all(all(v.values()) for v in recorded.values())
 
 
 def test_list_classes_and_bad_arguments(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:

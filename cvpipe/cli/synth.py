@@ -38,6 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gop", type=int, default=_DEFAULTS.gop, help=f"frames per GOP (default: {_DEFAULTS.gop})")
     p.add_argument("--quality", type=int, default=_DEFAULTS.quality,
                    help=f"FFmpeg -q:v, 1 best .. 31 (default: {_DEFAULTS.quality}, as CoViAR)")
+    for modality, text in (("iframe", "I-frame"), ("residual", "residual"), ("mv", "MV")):
+        p.add_argument(f"--{modality}-cue", type=float, default=getattr(_DEFAULTS, f"{modality}_cue"),
+                       help=f"probability that a video shows its class's {text} cue, else a neutral one "
+                            f"(default: {getattr(_DEFAULTS, f'{modality}_cue')})")
     add_encoder_arguments(p)
     p.set_defaults(func=run)
 
@@ -52,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         width, height = COVIAR_SIZE if args.coviar_size else parse_size(args.size)
         config = SynthConfig(classes=args.classes, videos_per_class=args.videos_per_class, frames=args.frames,
                              width=width, height=height, seed=args.seed, val_fraction=args.val_fraction,
-                             test_fraction=args.test_fraction, gop=args.gop, quality=args.quality)
+                             test_fraction=args.test_fraction, gop=args.gop, quality=args.quality,
+                             iframe_cue=args.iframe_cue, residual_cue=args.residual_cue, mv_cue=args.mv_cue)
         report = generate(config, args.out, jobs=args.jobs, ffmpeg=args.ffmpeg)
     except (ValueError, FileNotFoundError) as e:
         print(f"cvpipe synth: {e}", file=sys.stderr)

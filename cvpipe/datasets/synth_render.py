@@ -1,17 +1,24 @@
-"""Drawing the synthetic action videos with numpy: objects, motions, scenes.
+"""Drawing the synthetic action videos with numpy: surfaces, motions, glowing spots, scenes.
 
-A class is an (object, motion) pair (see `cvpipe.datasets.synth` for how classes are chosen).
-An object is a disc with a procedural texture and a colour pair, so every object has the
-same silhouette and objects differ only in what an I-frame shows. A motion is a pose
-track (centre, angle, radius per frame) relative to the background, so objects moved the
-same way give the same motion vectors.
+A class shows one cue per modality (`cvpipe.datasets.synth` assigns them), each needing
+the whole actor to read:
+- appearance (what an I-frame shows): the actor is two discs stacked on each other, each
+  with a surface (texture and colour pair); a class is an ordered pair of surfaces, so the
+  same two surfaces in the other order are another class;
+- motion (what motion vectors show): a pose track of the actor relative to the
+  background, a direction, an oscillation, an orbit or a zoom;
+- change in place (what residuals show): three spots on the actor that light up and fade
+  within every GOP, dark at each GOP's first frame (the I-frame never shows them, motion
+  does not explain them), in a pattern on a 3 x 3 grid over the actor.
+A cue can be absent from a video (`Cues`): the two discs share one surface, the actor
+stays where it is, or no spot lights.
 
 A scene draws, back to front: a value-noise background seen by a camera that pans and
 shakes, one or two grey distractor squares drifting on their own (sometimes in front of
-the actor), the actor, sometimes a foreground pole, then a slight brightness flicker and
-sensor noise. Every random choice comes from the generator handed to `Scene.sample`, so a
-seed fixes the video. Lengths and speeds scale with the frame's shorter side (`unit`),
-so a 340x256 video shows the same scene as a 160x128 one, only sharper.
+the actor), the actor and its spots, sometimes a foreground pole, then a slight
+brightness flicker and sensor noise. Every random choice comes from the generator handed
+to `Scene.sample`, so a seed fixes the video. Lengths and speeds scale with the frame's
+shorter side (`unit`), so a 340x256 video shows the same scene as a 160x128 one, only sharper.
 """
 
 from __future__ import annotations
@@ -73,7 +80,7 @@ def _rings_and_spokes(u, v, p):
 
 
 @dataclass(frozen=True)
-class ObjectKind:
+class Surface:
     name: str
     description: str
     dark: tuple[float, float, float]    # BGR
@@ -82,34 +89,66 @@ class ObjectKind:
 
 
 # Textures repeat about twice per radius; orientation and phase are random per video.
-OBJECTS = (
-    ObjectKind("stripes", "red and white parallel stripes", (40, 40, 200), (235, 235, 245), _stripes),
-    ObjectKind("dots", "yellow dots on blue", (150, 60, 20), (40, 220, 240), _dots),
-    ObjectKind("checker", "green and black checkerboard", (20, 25, 20), (60, 210, 70), _checker),
-    ObjectKind("pinwheel", "six magenta and cyan sectors", (200, 40, 190), (230, 220, 40), _sectors),
-    ObjectKind("grid", "orange grid lines on dark brown", (20, 40, 70), (30, 150, 250), _grid),
-    ObjectKind("waves", "purple and pink wavy bands", (120, 30, 90), (200, 150, 250), _waves),
-    ObjectKind("chevrons", "teal and cream zigzag bands", (120, 110, 10), (190, 230, 240), _chevrons),
-    ObjectKind("target", "white rings crossed by spokes on navy", (90, 20, 10), (240, 240, 240), _rings_and_spokes),
+SURFACES = (
+    Surface("stripes", "red and white parallel stripes", (40, 40, 200), (235, 235, 245), _stripes),
+    Surface("dots", "yellow dots on blue", (150, 60, 20), (40, 220, 240), _dots),
+    Surface("checker", "green and black checkerboard", (20, 25, 20), (60, 210, 70), _checker),
+    Surface("pinwheel", "six magenta and cyan sectors", (200, 40, 190), (230, 220, 40), _sectors),
+    Surface("grid", "orange grid lines on dark brown", (20, 40, 70), (30, 150, 250), _grid),
+    Surface("waves", "purple and pink wavy bands", (120, 30, 90), (200, 150, 250), _waves),
+    Surface("chevrons", "teal and cream zigzag bands", (120, 110, 10), (190, 230, 240), _chevrons),
+    Surface("target", "white rings crossed by spokes on navy", (90, 20, 10), (240, 240, 240), _rings_and_spokes),
 )
 
 
 @dataclass(frozen=True)
-class MotionKind:
+class Motion:
     name: str
     description: str
 
 
+STILL = "still"  # the motion of a video whose motion cue is absent
 MOTIONS = (
-    MotionKind("right", "moves right in a line, 1.4-2.4 px/frame"),
-    MotionKind("left", "moves left in a line, 1.4-2.4 px/frame"),
-    MotionKind("crawl", "creeps right in a line, 0.5-0.8 px/frame (speed)"),
-    MotionKind("swing", "swings left and right, period 18-30 frames (periodic)"),
-    MotionKind("spin", "spins clockwise in place, 5-9 deg/frame (rotation)"),
-    MotionKind("zoom_in", "grows 5x over the clip, radius 0.08 to 0.4 of the height (approach)"),
-    MotionKind("spin_back", "spins counter-clockwise in place, 5-9 deg/frame"),
-    MotionKind("zoom_out", "shrinks 5x over the clip, radius 0.4 to 0.08 of the height (recede)"),
+    Motion("right", "moves right, 0.9-1.5 px/frame"),
+    Motion("left", "moves left, 0.9-1.5 px/frame"),
+    Motion("down", "moves down, 0.6-1.0 px/frame"),
+    Motion("up", "moves up, 0.6-1.0 px/frame"),
+    Motion("swing", "swings left and right, period 16-28 frames"),
+    Motion("bob", "bobs up and down, period 16-28 frames"),
+    Motion("orbit", "circles clockwise without turning, period 24-40 frames"),
+    Motion("orbit_back", "circles counter-clockwise without turning, period 24-40 frames"),
+    Motion("zoom_in", "grows 1.8x over the clip (approach)"),
+    Motion("zoom_out", "shrinks 1.8x over the clip (recede)"),
+    Motion("diagonal", "moves down and right, 0.6-1.0 px/frame each way"),
+    Motion("diagonal_back", "moves up and left, 0.6-1.0 px/frame each way"),
 )
+
+# Spot patterns: three cells (row, column) of a 3 x 3 grid over the actor, rows top to
+# bottom. Every pattern has three spots, so only their layout on the actor tells them apart.
+SPOT_PATTERNS = (
+    ("top row", ((0, 0), (0, 1), (0, 2))),
+    ("middle row", ((1, 0), (1, 1), (1, 2))),
+    ("bottom row", ((2, 0), (2, 1), (2, 2))),
+    ("left column", ((0, 0), (1, 0), (2, 0))),
+    ("middle column", ((0, 1), (1, 1), (2, 1))),
+    ("right column", ((0, 2), (1, 2), (2, 2))),
+    ("diagonal", ((0, 0), (1, 1), (2, 2))),
+    ("anti-diagonal", ((0, 2), (1, 1), (2, 0))),
+    ("V", ((0, 0), (1, 1), (0, 2))),
+    ("caret", ((2, 0), (1, 1), (2, 2))),
+    ("less-than", ((0, 2), (1, 0), (2, 2))),
+    ("greater-than", ((0, 0), (1, 2), (2, 0))),
+)
+
+
+@dataclass(frozen=True)
+class Cues:
+    """What one video shows of its class, per modality; None or () where a cue is absent."""
+
+    top: int                       # surface index of the upper disc
+    bottom: int                    # surface index of the lower disc (== top: no appearance cue)
+    motion: str                    # a MOTIONS name, or STILL
+    spots: tuple[tuple[int, int], ...]  # lit cells; () for none
 
 
 @dataclass(frozen=True)
@@ -122,40 +161,42 @@ class Track:
     radius: np.ndarray
 
 
-def _motion_track(motion: str, rng: np.random.Generator, frames: int, unit: float) -> Track:
-    """The actor's pose relative to its start, before placement."""
+def _motion_track(motion: str, rng: np.random.Generator, frames: int, unit: float, radius: float) -> Track:
+    """The actor's pose relative to its start, before placement: centre, tilt, part radius."""
     t = np.arange(frames, dtype=np.float64)
-    x = np.zeros(frames)
-    y = rng.uniform(-0.2, 0.2) * unit * t  # a slight drift off the main direction
-    angle = np.full(frames, rng.uniform(0, 2 * np.pi))
-    radius = np.full(frames, rng.uniform(0.16, 0.21) * REFERENCE_SIDE * unit)
-    if motion in ("right", "left", "crawl"):
-        speed = rng.uniform(0.5, 0.8) if motion == "crawl" else rng.uniform(1.4, 2.4)
-        x = (-1 if motion == "left" else 1) * speed * unit * t
-    elif motion == "swing":
-        amplitude = rng.uniform(0.10, 0.16) * REFERENCE_SIDE * unit
-        x = amplitude * np.sin(2 * np.pi * t / rng.uniform(18, 30) + rng.uniform(0, 2 * np.pi))
-    elif motion in ("spin", "spin_back"):
-        step = np.deg2rad(rng.uniform(5, 9)) * (1 if motion == "spin" else -1)
-        angle = angle + step * t
-        x = rng.uniform(-0.3, 0.3) * unit * t
+    # Every actor drifts a little and is tilted a little, whatever its class.
+    x, y = (rng.uniform(-0.15, 0.15) * unit * t for _ in range(2))
+    angle = np.full(frames, rng.uniform(-0.25, 0.25))
+    scale = np.ones(frames)
+    speed = (rng.uniform(0.9, 1.5) if motion in ("right", "left") else rng.uniform(0.6, 1.0)) * unit
+    if motion in ("right", "left", "diagonal", "diagonal_back"):
+        x = x + (-1 if motion in ("left", "diagonal_back") else 1) * speed * t
+    if motion in ("down", "up", "diagonal", "diagonal_back"):
+        y = y + (-1 if motion in ("up", "diagonal_back") else 1) * speed * t
+    if motion in ("swing", "bob"):
+        amplitude = rng.uniform(0.10, 0.15) * REFERENCE_SIDE * unit * (1.0 if motion == "swing" else 0.7)
+        wave = amplitude * np.sin(2 * np.pi * t / rng.uniform(16, 28) + rng.uniform(0, 2 * np.pi))
+        x, y = (x + wave, y) if motion == "swing" else (x, y + wave)
+    elif motion in ("orbit", "orbit_back"):
+        r = rng.uniform(0.09, 0.13) * REFERENCE_SIDE * unit
+        phase = 2 * np.pi * t / rng.uniform(24, 40) * (1 if motion == "orbit" else -1) + rng.uniform(0, 2 * np.pi)
+        x, y = x + r * np.cos(phase), y + r * np.sin(phase)  # y down: increasing phase turns clockwise
     elif motion in ("zoom_in", "zoom_out"):
-        # From small to large over the clip, geometrically. The range is wide because CoViAR's
-        # vectors drop sub-pixel motion: a slower zoom would leave its rim with no vectors.
-        small, large = rng.uniform(0.07, 0.09), rng.uniform(0.36, 0.42)
-        growth = (large / small) ** (t / max(frames - 1, 1))
-        radius = small * REFERENCE_SIDE * unit * (growth if motion == "zoom_in" else growth[::-1])
-    else:
-        raise ValueError(f"unknown motion {motion!r}; known: {', '.join(m.name for m in MOTIONS)}")
-    return Track(x, y, angle, radius)
+        growth = 1.8 ** (t / max(frames - 1, 1))
+        scale = 0.75 * (growth if motion == "zoom_in" else growth[::-1])
+    elif motion not in (STILL, "right", "left", "down", "up", "diagonal", "diagonal_back"):
+        raise ValueError(f"unknown motion {motion!r}; known: {', '.join(m.name for m in MOTIONS)}, {STILL}")
+    return Track(x, y, angle, radius * scale)
 
 
-def _place(track: Track, camera: np.ndarray, width: int, height: int, rng: np.random.Generator) -> Track:
-    """Shifts a track so that its path on screen stays in view where it can (random within the slack)."""
+def _place(track: Track, camera: np.ndarray, width: int, height: int, rng: np.random.Generator,
+           reach: tuple[float, float] = (0.8, 0.8)) -> Track:
+    """Shifts a track so that its path on screen stays in view where it can (random within
+    the slack); `reach` is the sprite's half extent across and down, in radii, kept in view."""
     shifts = []
-    for coord, cam, size in ((track.x, camera[:, 0], width), (track.y, camera[:, 1], height)):
+    for coord, cam, size, extent in ((track.x, camera[:, 0], width, reach[0]), (track.y, camera[:, 1], height, reach[1])):
         screen = coord - cam
-        margin = 0.8 * track.radius.max()
+        margin = extent * track.radius.max()
         low, high = margin - screen.min(), size - margin - screen.max()
         shifts.append(rng.uniform(low, high) if low <= high else (low + high) / 2)
     return Track(track.x + shifts[0], track.y + shifts[1], track.angle, track.radius)
@@ -187,6 +228,24 @@ class Sprite:
     texture: Texture
     params: np.ndarray   # the texture's frequency and phases
     shape: str = "disc"  # "disc", "square", or "band" (infinitely tall, radius is the half-width)
+    opacity: np.ndarray | None = None  # (T,) per-frame opacity; None: opaque
+
+
+def _attached(track: Track, dx: float, dy: float, size: float) -> Track:
+    """The track of a sprite fixed to another at offset (dx, dy) and radius `size`, both in
+    its radii and in its tilted frame (so it turns and scales with it)."""
+    c, s = np.cos(track.angle), np.sin(track.angle)
+    ox, oy = (c * dx - s * dy) * track.radius, (s * dx + c * dy) * track.radius
+    return Track(track.x + ox, track.y + oy, track.angle, track.radius * size)
+
+
+SPOT_SIZE = 0.3        # spot radius, in part radii
+SPOT_SPACING = (0.55, 1.15)  # grid step across and down, in part radii
+
+
+def _pulse(frames: int, gop: int) -> np.ndarray:
+    """The spots' opacity: 0 at every GOP's first frame, brightest mid-GOP."""
+    return np.sin(np.pi * (np.arange(frames) % gop) / gop) ** 2
 
 
 def _random_colour(rng: np.random.Generator, low: float, high: float, saturation: float) -> np.ndarray:
@@ -204,6 +263,10 @@ def _blotches(lattice: np.ndarray, u: np.ndarray, v: np.ndarray, p: np.ndarray) 
     top = lattice[iv, iu] * (1 - au) + lattice[iv, iu + 1] * au
     bottom = lattice[iv + 1, iu] * (1 - au) + lattice[iv + 1, iu + 1] * au
     return _soft(3.0 * (top * (1 - av) + bottom * av - 0.5))
+
+
+def _flat(u, v, p):
+    return np.ones_like(u + v)
 
 
 def _pole(u, v, p):
@@ -233,6 +296,10 @@ def _draw(canvas: np.ndarray, sprite: Sprite, t: int, camera: np.ndarray) -> Non
     else:
         extent = np.abs(u)
     alpha = np.clip((1.0 - extent) * r + 0.5, 0.0, 1.0)[..., None]
+    if sprite.opacity is not None:
+        if sprite.opacity[t] <= 0:
+            return
+        alpha = alpha * sprite.opacity[t]
     shade = sprite.texture(u, v, sprite.params)[..., None]
     colour = sprite.dark + shade * (sprite.light - sprite.dark)
     patch = canvas[y0:y1, x0:x1]
@@ -258,15 +325,16 @@ class Scene:
     lattices: tuple[np.ndarray, np.ndarray]  # the background's coarse and fine value noise
     colours: tuple[np.ndarray, np.ndarray]   # the background's dark and light BGR
     behind: tuple[Sprite, ...]
-    actor: Sprite
+    actor: Track                  # the actor's centre, tilt and part radius
+    parts: tuple[Sprite, ...]     # the two discs and the spots, in drawing order
     front: tuple[Sprite, ...]
     gain: np.ndarray              # (T,) brightness flicker
     noise_sigma: float
     noise_seed: int
 
     @classmethod
-    def sample(cls, rng: np.random.Generator, obj: ObjectKind, motion: str, frames: int,
-               width: int, height: int) -> Scene:
+    def sample(cls, rng: np.random.Generator, cues: Cues, frames: int, width: int, height: int,
+               gop: int) -> Scene:
         unit = min(width, height) / REFERENCE_SIDE
         steps = np.arange(frames, dtype=np.float64)
         # Camera: a slow pan in any direction plus per-frame shake.
@@ -276,17 +344,27 @@ class Scene:
         lattices = (rng.random((7, 7)), rng.random((23, 23)))
         colours = (_random_colour(rng, 40, 120, 35), _random_colour(rng, 120, 210, 35))
 
-        track = _place(_motion_track(motion, rng, frames, unit), camera, width, height, rng)
-        jitter = rng.uniform(0.85, 1.15)
-        dark, light = (np.clip(np.array(c) * jitter + rng.uniform(-12, 12, 3), 0, 255) for c in (obj.dark, obj.light))
-        actor = Sprite(track, dark, light, obj.texture, _texture_params(rng))
+        radius = rng.uniform(0.10, 0.13) * REFERENCE_SIDE * unit
+        actor = _place(_motion_track(cues.motion, rng, frames, unit, radius), camera, width, height, rng,
+                       reach=(1.1, 2.1))
+        parts = []
+        for surface, dy in ((SURFACES[cues.top], -1.0), (SURFACES[cues.bottom], 1.0)):
+            jitter = rng.uniform(0.85, 1.15)
+            dark, light = (np.clip(np.array(c) * jitter + rng.uniform(-12, 12, 3), 0, 255)
+                           for c in (surface.dark, surface.light))
+            parts.append(Sprite(_attached(actor, 0.0, dy, 1.0), dark, light, surface.texture, _texture_params(rng)))
+        glow = np.clip(rng.uniform(225, 250) + rng.uniform(-10, 10, 3), 0, 255)
+        pulse = _pulse(frames, gop) * rng.uniform(0.85, 1.0)
+        for row, col in cues.spots:
+            track = _attached(actor, (col - 1) * SPOT_SPACING[0], (row - 1) * SPOT_SPACING[1], SPOT_SIZE)
+            parts.append(Sprite(track, glow, glow, _flat, np.zeros(3), opacity=pulse))
 
         behind, front = [], []
         for _ in range(rng.integers(1, 3)):  # grey distractor squares with a drift of their own
             drift = rng.uniform(-0.5, 0.5, 2) * unit
             turn = np.deg2rad(rng.uniform(-1, 1))
             square = Track(drift[0] * steps, drift[1] * steps, rng.uniform(0, 2 * np.pi) + turn * steps,
-                           _still(frames, track.radius.mean() * rng.uniform(0.5, 0.75)))
+                           _still(frames, radius * rng.uniform(0.8, 1.2)))
             grey = rng.uniform(60, 190)
             sprite = Sprite(_place(square, camera, width, height, rng),
                             np.full(3, grey * 0.55) + rng.uniform(-8, 8, 3),
@@ -300,17 +378,16 @@ class Scene:
             front.append(Sprite(pole, np.full(3, grey * 0.6), np.full(3, min(grey * 1.3, 250.0)), _pole,
                                 _texture_params(rng), shape="band"))
         gain = 1 + rng.uniform(0, 0.04) * np.sin(2 * np.pi * steps / rng.uniform(20, 60) + rng.uniform(0, 2 * np.pi))
-        return cls(width, height, camera, lattices, colours, tuple(behind), actor, tuple(front), gain,
+        return cls(width, height, camera, lattices, colours, tuple(behind), actor, tuple(parts), tuple(front), gain,
                    float(rng.uniform(1.0, 3.0)), int(rng.integers(2**63)))
 
     @property
     def num_frames(self) -> int:
         return len(self.camera)
 
-    def actor_on_screen(self, t: int) -> tuple[float, float, float]:
-        """The actor's centre x, y and radius on screen at frame t (what tests compare motion with)."""
-        tr = self.actor.track
-        return tr.x[t] - self.camera[t, 0], tr.y[t] - self.camera[t, 1], tr.radius[t]
+    def on_screen(self, track: Track, t: int) -> tuple[float, float, float]:
+        """A track's centre x, y and radius on screen at frame t (what tests compare motion with)."""
+        return track.x[t] - self.camera[t, 0], track.y[t] - self.camera[t, 1], track.radius[t]
 
     def frames(self) -> Iterator[np.ndarray]:
         """The video's frames, (H, W, 3) uint8 BGR, drawn one at a time."""
@@ -323,7 +400,7 @@ class Scene:
             shade = (0.65 * _value_noise(self.lattices[0], xs + cx, ys + cy, 22 * unit)
                      + 0.35 * _value_noise(self.lattices[1], xs + cx, ys + cy, 5 * unit))
             canvas = dark + shade[..., None] * (light - dark)
-            for sprite in (*self.behind, self.actor, *self.front):
+            for sprite in (*self.behind, *self.parts, *self.front):
                 _draw(canvas, sprite, t, self.camera)
             canvas *= self.gain[t]
             canvas += noise.normal(0.0, self.noise_sigma, canvas.shape)
