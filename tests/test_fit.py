@@ -329,6 +329,24 @@ def test_overrides_are_typed(tmp_path):
         load_config(path, ["optim.lr"])
 
 
+def test_a_value_per_network_is_picked_by_the_modality(tmp_path):
+    table = BASE.replace("lr = 0.01", "lr = {iframe = 3e-4, mv = 0.01, residual = 0.005}")
+    path = write(tmp_path, table)
+    assert load_config(path).optim.lr == 0.01  # BASE's modality is mv
+    assert load_config(path, ["model.modality=iframe"]).optim.lr == 3e-4
+    assert load_config(path, ["model.modality=residual", "optim.lr=0.2"]).optim.lr == 0.2  # a number replaces it
+    assert load_config(path, ["optim.lr.mv=0.5"]).optim.lr == 0.5
+    cfg = load_config(path, ["model.modality=iframe"])
+    save_config(cfg, tmp_path / "saved.toml")  # a run's config holds the number it used
+    assert load_config(tmp_path / "saved.toml") == cfg and "lr = 0.0003\n" in to_toml(cfg)
+    with pytest.raises(ConfigError, match=r"optim\.lr: no value for model\.modality 'residual'"):
+        load_config(write(tmp_path, BASE.replace("lr = 0.01", "lr = {mv = 0.01}")), ["model.modality=residual"])
+    with pytest.raises(ConfigError, match=r"optim\.lr: 'rgb' is not a modality"):
+        load_config(write(tmp_path, BASE.replace("lr = 0.01", "lr = {mv = 0.01, rgb = 1.0}")))
+    arch = BASE.replace("[model]", '[model]\narch = {iframe = "resnet50", mv = "resnet18", residual = "resnet18"}')
+    assert load_config(write(tmp_path, arch), ["model.modality=iframe"]).model.arch == "resnet50"
+
+
 def test_config_round_trips_through_toml(tmp_path):
     cfg = load_config(write(tmp_path, BASE), ['run.dir=with "quotes" and \\ back', "optim.lr_steps=[5]"])
     save_config(cfg, tmp_path / "saved.toml")

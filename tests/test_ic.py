@@ -4,6 +4,8 @@ on validation, the command line and two-process DDP. Tiny networks on in-memory 
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import subprocess
@@ -342,6 +344,12 @@ def test_bundled_paper_recipes(dataset):
     assert (pkd.ic.method, pkd.optim.epochs, pkd.optim.lr_steps, pkd.optim.batch_size) == ("pkd", 300,
                                                                                           [150, 200, 250], 32)
     assert pkd.optim.weight_decay == 0 and (pkd.ic.temperature, pkd.ic.label_weight) == (1.0, 0.0)
+    # The authors' run scripts, both methods: one rate per network, Adam eps 1e-3, no weight decay.
+    for method in ("ce", "pkd"):
+        for m, (arch, lr) in {"iframe": ("resnet50", 3e-4), "mv": ("resnet18", 1e-2),
+                              "residual": ("resnet18", 5e-3)}.items():
+            cfg = load_config(f"{dataset}_ic_{method}", [f"model.modality={m}"])
+            assert (cfg.model.arch, cfg.optim.lr, cfg.optim.eps, cfg.optim.weight_decay) == (arch, lr, 1e-3, 0.0)
     schedule = TeacherSchedule.of(pkd.ic.teachers, pkd.ic.teacher_epochs, student="iframe")
     assert [schedule.teacher(e) for e in (0, 49, 50, 99, 100, 299)] == ["mv", "mv", "residual", "residual",
                                                                         "iframe", "iframe"]
@@ -350,6 +358,11 @@ def test_bundled_paper_recipes(dataset):
         assert Path(pkd.ic.backbones.replace("{modality}", m)).parent == load_config(f"{dataset}_{m}").run_dir
     # ICs read the data as their backbones were trained on them (flips, sizes, segments).
     assert ce.data == pkd.data == load_config(f"{dataset}_mv").data
+    tiny_ce, tiny_pkd = load_config("tiny_synth_ic_ce"), load_config("tiny_synth_ic_pkd")
+    # The paper's protocol shrunk: CE gets half of PKD's epochs, steps at 1/3 and 2/3.
+    assert 2 * tiny_ce.optim.epochs == tiny_pkd.optim.epochs and tiny_ce.optim == dataclasses.replace(
+        tiny_pkd.optim, epochs=tiny_ce.optim.epochs, lr_steps=tiny_ce.optim.lr_steps)
+    assert [3 * s for s in tiny_ce.optim.lr_steps] == [tiny_ce.optim.epochs, 2 * tiny_ce.optim.epochs]
     for name in ("tiny_synth_ic_ce", "tiny_synth_ic_pkd"):
         tiny = load_config(name)
         assert tiny.data == load_config("tiny_synth").data

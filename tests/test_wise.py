@@ -76,6 +76,7 @@ def test_fit_wise_rows_and_alpha_schedule():
     cfg = WiseConfig(iterations=50, unpenalised=2, alpha=0.1)
     weights = fit_wise(z, y, cfg)
     assert np.array_equal(weights, np.tril(weights))  # row k uses exits 0..k only
+    assert weights[0, 0] == 1.0  # R1 answers with its raw logits, not a fitted scale
     assert np.allclose(weights[1, :2], fit_vector(z[:, :2], y, alpha=0.0, iterations=50))
     assert np.allclose(weights[3, :4], fit_vector(z[:, :4], y, alpha=0.1, iterations=50))
     assert not np.allclose(weights[3, :4], fit_vector(z[:, :4], y, alpha=0.0, iterations=50))

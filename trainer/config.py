@@ -56,6 +56,8 @@ def _items_in(*values: object) -> dict:
 @dataclass
 class ModelConfig:
     modality: str = field(metadata=_choices(*MODALITIES))
+    # Or a table by network (`arch = {iframe = "resnet50", mv = "resnet18", residual = "resnet18"}`),
+    # so one config serves the three networks; see PER_MODALITY.
     arch: str = field(default="resnet18", metadata=_choices(*ARCHS))
     width: int = field(default=64, metadata=_at_least(1))  # 64 = the published ResNets
     pretrained: str = ""  # torchvision-layout checkpoint file; "" = random initialisation
@@ -96,7 +98,7 @@ class DataConfig:
 class OptimConfig:
     """Adam with CoViAR's step schedule and per-layer learning-rate multipliers."""
 
-    lr: float = field(metadata=_at_least(0))
+    lr: float = field(metadata=_at_least(0))  # or a table by network, as model.arch
     epochs: int = field(metadata=_at_least(1))
     batch_size: int = field(metadata=_at_least(1))  # videos per step over all ranks
     lr_steps: list[int] = field(default_factory=list, metadata=_at_least(0))  # epochs where lr is multiplied by lr_decay
@@ -174,9 +176,9 @@ class WiseConfig:
     lr: float = field(default=0.1, metadata=_at_least(0))
     iterations: int = field(default=500, metadata=_at_least(1))
     alpha: float = field(default=0.1, metadata=_at_least(0))  # L1 weight (the TEAM-Net variant: 0.01)
-    # The first vectors are fit without the L1 term. REFERENCE.md says "the first few";
-    # ours: the first network's four exits.
-    unpenalised: int = field(default=4, metadata=_at_least(0))
+    # The first vectors (counting R1's, which keeps its raw logits) are fit without the L1
+    # term: the authors' five, up to the one ending at MV1.
+    unpenalised: int = field(default=5, metadata=_at_least(0))
     clip_negative: bool = False  # clip negative weights to zero after each step (TEAM-Net variant)
     taus: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999,
                                                        0.99999, 0.9999999, 1.0], metadata=_in_range(0, 1))
@@ -310,10 +312,32 @@ def resolve_path(name: str | os.PathLike) -> Path:
     raise ConfigError(f"no config file {str(name)!r}; bundled configs: {names}")
 
 
+# Values a config may give per network, as a table keyed by modality; the run's own
+# modality picks its value before the config is checked, so a run's config.toml holds a number.
+PER_MODALITY = (("model", "arch"), ("optim", "lr"))
+
+
+def _pick_modality_values(data: dict) -> None:
+    modality = data.get("model", {}).get("modality")
+    for section, name in PER_MODALITY:
+        table = data.get(section, {}).get(name)
+        if not isinstance(table, dict):
+            continue
+        unknown = sorted(set(table) - set(MODALITIES))
+        if unknown:
+            raise ConfigError(f"{section}.{name}: {unknown[0]!r} is not a modality; the table is keyed by "
+                              f"{', '.join(MODALITIES)}")
+        if modality not in table:
+            raise ConfigError(f"{section}.{name}: no value for model.modality {modality!r} "
+                              f"(the table has {', '.join(table) or 'none'})")
+        data[section][name] = table[modality]
+
+
 def from_dict(data: dict, overrides: typing.Sequence[str] = ()) -> Config:
     data = json.loads(json.dumps(data))  # a deep copy the overrides may change
     for assignment in overrides:
         apply_override(data, assignment)
+    _pick_modality_values(data)
     return _build(Config, data, "")
 
 

@@ -2,10 +2,11 @@
 
 The 12 exits are ordered R1..R4, MV1..MV4, I1..I4 (cheapest network first, REFERENCE.md
 section 1). Exit k scores a video with `s_k = sum_{j<=k} w_j^(k) z_j` over the raw
-segment-averaged logits z_j of every exit up to k, earlier networks included. Each
-w^(k) is fit on the training split's logits by full-batch SGD (lr 0.1, 500 iterations,
-from ones) on `CE(s_k, y) + alpha * |w^(k)|_1`, alpha 0 for the first `unpenalised`
-vectors. Ablations: "no_scaling" (all weights 1, the sum divided by k) and "no_lateral"
+segment-averaged logits z_j of every exit up to k, earlier networks included. Exit R1
+answers with its raw logits (w^(0) = 1); every later w^(k) is fit on the training split's
+logits by full-batch SGD (lr 0.1, 500 iterations, from ones) on
+`CE(s_k, y) + alpha * |w^(k)|_1`, alpha 0 for the first `unpenalised` vectors (the
+authors: five, up to the one ending at MV1). Ablations: "no_scaling" (all weights 1, the sum divided by k) and "no_lateral"
 (each exit alone, s_k = z_k).
 
 Early exit: a video leaves at the first exit whose max softmax(s_k) reaches tau (tau = 1.0:
@@ -83,10 +84,12 @@ def fit_vector(z: np.ndarray, labels: np.ndarray, *, alpha: float, lr: float = 0
 
 
 def fit_wise(z: np.ndarray, labels: np.ndarray, cfg: WiseConfig) -> np.ndarray:
-    """W (E, E), lower triangular: row k is w^(k) over exits 0..k, fit on z (N, E, K)."""
+    """W (E, E), lower triangular: row k is w^(k) over exits 0..k, fit on z (N, E, K);
+    the first exit keeps its raw logits (w^(0) = 1, as the authors' code)."""
     exits = z.shape[1]
     weights = np.zeros((exits, exits))
-    for k in range(exits):
+    weights[0, 0] = 1.0
+    for k in range(1, exits):
         alpha = 0.0 if k < cfg.unpenalised else cfg.alpha
         weights[k, :k + 1] = fit_vector(z[:, :k + 1], labels, alpha=alpha, lr=cfg.lr, iterations=cfg.iterations,
                                         clip_negative=cfg.clip_negative)
@@ -177,15 +180,16 @@ def wise_config(method_dir: Path, overrides: Sequence[str] = ()) -> tuple[WiseCo
     return configs[first].wise, configs
 
 
-def _stack(method_dir: Path, split: str, segments: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(z (N, 12, K), labels, final logits per modality) of a split, rows aligned by id."""
+def stack_logits(method_dir: Path, split: str, segments: Mapping[str, int]
+                 ) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
+    """(z (N, 12, K), labels, final logits per modality, ids) of a split, rows aligned by id."""
     parts = {m: load_logits(method_dir, m, split, segments[m]) for m in ORDER}
     ref = parts[ORDER[0]]
     for m in ORDER[1:]:
         if not np.array_equal(parts[m]["ids"], ref["ids"]) or not np.array_equal(parts[m]["labels"], ref["labels"]):
             raise ValueError(f"{method_dir}: the {ORDER[0]} and {m} logits of {split} hold different videos or labels")
     z = np.concatenate([parts[m]["logits"] for m in ORDER], 1).astype(np.float64)
-    return z, ref["labels"], {m: parts[m]["logits"][:, -1] for m in ORDER}
+    return z, ref["labels"], {m: parts[m]["logits"][:, -1] for m in ORDER}, ref["ids"]
 
 
 def _available_segments(method_dir: Path, modality: str, split: str) -> list[int]:
@@ -200,7 +204,7 @@ def run_wise(method_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str,
     cfg, configs = wise_config(method_dir, overrides)
     default = {m: configs[m].data.eval_segments for m in ORDER}
     costs = json.loads((method_dir / LOGITS / COSTS).read_text())
-    z_train, y_train, _ = _stack(method_dir, "train", default)
+    z_train, y_train, _, _ = stack_logits(method_dir, "train", default)
     fitted = fit_wise(z_train, y_train, cfg)
     out: dict[str, Any] = {
         "exits": list(EXIT_NAMES), "default_segments": default, "config": dataclasses.asdict(cfg),
@@ -215,7 +219,7 @@ def run_wise(method_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str,
         sweep, fusion = [], []
         for counts in itertools.product(*(available[m] for m in ORDER)):
             segments = dict(zip(ORDER, counts, strict=True))
-            z, y, finals = _stack(method_dir, split, segments)
+            z, y, finals, _ = stack_logits(method_dir, split, segments)
             cumulative = exit_costs(costs, segments)
             for v in VARIANTS:
                 s = combine(z, variant_weights(v, fitted))
