@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # The paper's contribution on trained backbones: internal classifiers trained with
-# cross-entropy and with PKD for the three networks, for several seeds; the 12 exits'
-# logits and measured cost; WISE, its ablations and the early-exit trade-off; the report.
+# cross-entropy and with PKD for the three networks, for several seeds; the gate (after the
+# first seed's CE runs: do final exits lead their ICs?); the 12 exits' logits and measured
+# cost; WISE, its ablations and the early-exit trade-off; the report with paired intervals.
 #
 #   scripts/paper_pipeline.sh SHARDS RUNS
 #
 # SHARDS: the shard folder (manifest.json); RUNS: the backbone runs, RUNS/{iframe,mv,residual}/best.pt
 # (`cvtrain fit --config tiny_synth --set run.dir=RUNS/{modality}`). Writes RUNS/paper/seed{N}/{ce,pkd}/...
 # and RUNS/paper/report/, and prints the report's main table. Environment:
-#   SEEDS="0 1 2"     IC-training seeds
+#   SEEDS="0 1 2 3 4" IC-training seeds
 #   CONFIG=tiny_synth IC configs CONFIG_ic_ce and CONFIG_ic_pkd (bundled name or path prefix)
 #   ABLATIONS=1       also PKD's anti-curriculum order and a single I-frame teacher
 #   IC_SETS="K=V ..." config overrides for every IC run (e.g. "optim.epochs=3 optim.lr_steps=[2]")
-#   OMP_NUM_THREADS   torch's threads per process (default 1: one core computes while the data
-#                     loader's worker decodes on the other; with more threads than free cores,
+#   PARALLEL=N        IC runs at once (default: the number of cores); each logs to its RUN/log.txt
+#   OMP_NUM_THREADS   torch's threads per process (default 1: with more threads than free cores,
 #                     their spin-waits made every step ~10x slower on 2 cores, measured)
 # Safe to run again: finished IC runs resume at their end; logits, WISE and report are redone.
 set -euo pipefail
@@ -25,7 +26,7 @@ fi
 shards=$1
 runs=$2
 out=$runs/paper
-seeds=${SEEDS:-0 1 2}
+seeds=${SEEDS:-0 1 2 3 4}
 config=${CONFIG:-tiny_synth}
 for m in iframe mv residual; do
   [ -f "$runs/$m/best.pt" ] || { echo "paper_pipeline: $runs/$m/best.pt is missing: train the backbones first" >&2; exit 2; }
@@ -43,6 +44,28 @@ for kv in ${IC_SETS:-}; do
   ic_sets+=(--set "$kv")
 done
 
+# IC runs are independent processes: up to $parallel at once, each with one compute thread.
+parallel=${PARALLEL:-$(nproc)}
+running=0
+reap() {  # waits for one run; a failed run stops the pipeline (set -e)
+  wait -n
+  running=$((running - 1))
+}
+ic_run() {  # seed method-name config extra-options modality method-dir
+  local seed=$1 name=$2 cfg=$3 extra=$4 m=$5 dir=$6
+  mkdir -p "$dir/$m"
+  # shellcheck disable=SC2086  # $extra is a list of options
+  if cvtrain ic --config "$cfg" $extra --set model.modality="$m" --set run.seed="$seed" \
+      --set "run.dir=$dir/{modality}" --set "data.root=$shards" --set "ic.backbones=$runs/{modality}/best.pt" \
+      --set run.progress=false "${ic_sets[@]}" > "$dir/$m/log.txt" 2>&1; then
+    echo "== seed $seed, $name: $(tail -n 1 "$dir/$m/log.txt")"
+  else
+    echo "== seed $seed, $name, $m FAILED; the end of $dir/$m/log.txt:" >&2
+    tail -n 20 "$dir/$m/log.txt" >&2
+    return 1
+  fi
+}
+
 began=$(date +%s)
 dirs=()
 for seed in $seeds; do
@@ -51,14 +74,20 @@ for seed in $seeds; do
     dir=$out/seed$seed/$name
     dirs+=("$dir")
     for m in residual mv iframe; do
-      echo "== seed $seed, $name: $m internal classifiers"
-      # shellcheck disable=SC2086  # $extra is a list of options
-      cvtrain ic --config "$cfg" $extra --set model.modality=$m --set run.seed="$seed" \
-        --set "run.dir=$dir/{modality}" --set "data.root=$shards" --set "ic.backbones=$runs/{modality}/best.pt" \
-        --set run.progress=false "${ic_sets[@]}"
+      ic_run "$seed" "$name" "$cfg" "$extra" "$m" "$dir" &
+      running=$((running + 1))
+      if [ "$running" -ge "$parallel" ]; then reap; fi
     done
+    if [ "$name" = ce ] && [ ! -f "$out/gate.txt" ]; then
+      while [ "$running" -gt 0 ]; do reap; done
+      echo "== the gate, on $dir (validation), before the other runs are read"
+      # The report says whether it held; the comparison runs either way, so a failed gate is seen, not hidden.
+      cvtrain gate "$dir" | tee "$out/gate.txt.part" || true
+      mv "$out/gate.txt.part" "$out/gate.txt"
+    fi
   done
 done
+while [ "$running" -gt 0 ]; do reap; done
 trained=$(date +%s)
 echo "== logits of the 12 exits (runs on one backbone share passes)"
 cvtrain logits "${dirs[@]}"

@@ -376,7 +376,7 @@ def test_bundled_configs():
         assert (o.eps, o.weight_decay, o.lr_mult_stem, o.lr_mult_body, o.lr_mult_fc) == (1e-3, 1e-4, 0.1, 0.01, 1.0)
         assert cfg.data.num_segments == 3 and cfg.data.input_size == 224
     tiny_cfg = load_config("tiny_synth", ["model.modality=residual"])
-    assert tiny_cfg.run_dir == Path("runs/tiny_synth/residual") and tiny_cfg.data.input_size == 112
+    assert tiny_cfg.run_dir == Path("runs/tiny_synth/residual") and tiny_cfg.data.input_size == 96
 
 
 # ---------------------------------------------------------------------------- command line

@@ -5,7 +5,6 @@ on validation, the command line and two-process DDP. Tiny networks on in-memory 
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import os
 import subprocess

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from trainer.analysis.logits import load_logits
-from trainer.analysis.report import find_methods
+from trainer.analysis.results import find_methods
 from trainer.analysis.wise import EXIT_NAMES, ORDER
 from trainer.cli import main as cvtrain
 from trainer.config import load_config
@@ -175,6 +175,13 @@ def test_paper_pipeline_on_real_shards(shards, tmp_path, capsys):
                            + (["--set", "ic.teacher_epochs=[1,2]"] if method == "pkd" else [])) == 0
     history = [json.loads(x) for x in (method_dirs[1] / "iframe" / "metrics.jsonl").read_text().splitlines()]
     assert [r["teacher"] for r in history] == ["mv", "residual", "iframe"]
+    # The gate reads the CE runs' own validation records.
+    assert cvtrain(["gate", str(method_dirs[0])]) in (0, 1)
+    gate = json.loads((method_dirs[0] / "gate.json").read_text())
+    for network in gate["networks"]:
+        last = json.loads((method_dirs[0] / network["modality"] / "metrics.jsonl").read_text().splitlines()[-1])
+        assert network["top1"]["ic1"] == pytest.approx(100 * last["best_val_ic1_top1"])
+        assert network["top1"]["fc"] == pytest.approx(100 * last["val_fc_top1"])
     assert cvtrain(["logits", *map(str, method_dirs)]) == 0
     assert cvtrain(["eval", str(tmp_path / "backbones"), "--split", "test"]) == 0
     for m in MODALITIES:
@@ -193,3 +200,6 @@ def test_paper_pipeline_on_real_shards(shards, tmp_path, capsys):
     printed = re.sub(" +", " ", capsys.readouterr().out)
     assert "| exit | ce alone | pkd alone | pkd no scaling | pkd WISE | MMACs |" in printed
     assert (tmp_path / "paper" / "report" / "tradeoff.png").is_file()
+    report = (tmp_path / "paper" / "report" / "report.md").read_text()
+    assert f"Checked by `cvtrain gate {method_dirs[0]}`" in report and "## Differences with intervals" in report
+    assert f"- Shards: `{shards}` (schema 4); 2 classes" in report and "pkd - ce, the 9 ICs pooled" in report

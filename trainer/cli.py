@@ -103,6 +103,14 @@ def _run_logits(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_gate(args: argparse.Namespace) -> int:
+    from trainer.analysis.gate import check_gate, format_gate
+
+    result = check_gate(args.method_dir, args.margin, tuple(args.ic1_gap))
+    print(format_gate(result))
+    return 0 if result["held"] else 1
+
+
 def _run_wise(args: argparse.Namespace) -> int:
     from trainer.analysis.wise import format_results, run_wise
 
@@ -141,6 +149,16 @@ def _ints(text: str) -> list[int]:
         return [int(t) for t in text.split(",") if t]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _range(text: str) -> list[float]:
+    try:
+        values = [float(t) for t in text.split(",") if t]
+    except ValueError:
+        values = []
+    if len(values) != 2 or values[0] > values[1]:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH with LOW <= HIGH, got {text!r}")
+    return values
 
 
 def _add_fit(subparsers: argparse._SubParsersAction) -> None:
@@ -201,6 +219,21 @@ def _add_logits(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_logits)
 
 
+def _add_gate(subparsers: argparse._SubParsersAction) -> None:
+    from trainer.analysis.gate import IC1_GAP, MARGIN
+
+    p = subparsers.add_parser("gate", help="check that final exits lead their ICs (the regime PKD needs)",
+                              description="On validation, check for each network of METHOD_DIR (CE-trained IC "
+                                          "runs) that the final exit beats IC3 by --margin points and IC1 trails "
+                                          "it by --ic1-gap points; writes METHOD_DIR/gate.json; exits 1 when the "
+                                          "gate does not hold.")
+    p.add_argument("method_dir", metavar="METHOD_DIR", help="a folder of IC runs, one per network")
+    p.add_argument("--margin", type=float, default=MARGIN, help="points fc must lead IC3 by (default: %(default)s)")
+    p.add_argument("--ic1-gap", type=_range, default=list(IC1_GAP), metavar="LOW,HIGH",
+                   help="points IC1 must trail fc by (default: %(default)s)")
+    p.set_defaults(func=_run_gate)
+
+
 def _add_wise(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("wise", help="fit WISE on training logits; early exit and cost sweep",
                               description="Fit the WISE weights of METHOD_DIR's 12 exits on its training logits "
@@ -238,8 +271,8 @@ def _add_bench_data(subparsers: argparse._SubParsersAction) -> None:
 
 
 # Subcommands in the order `cvtrain --help` lists them; later stages add theirs here.
-SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_fit, _add_eval, _add_ic, _add_logits,
-                                                                          _add_wise, _add_report, _add_bench_data)
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_fit, _add_eval, _add_ic, _add_gate, _add_logits, _add_wise, _add_report, _add_bench_data)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

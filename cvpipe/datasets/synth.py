@@ -8,7 +8,7 @@ What the data must show, decided before any network was trained on it (the READM
 the same), so that the paper's claims are tested in the regime it describes:
 - every class can be recognised from each modality on its own: class k has its own
   appearance (an ordered pair of surfaces on the actor's two discs), its own motion and
-  its own pattern of spots that light up within each GOP (seen by the residual only);
+  its own pattern of spots that flash within each GOP (seen by the residual only);
 - the modalities fail independently: each video shows each cue with its own probability
   (`iframe_cue`, `residual_cue`, `mv_cue`, drawn independently per video) and otherwise
   a neutral version shared by all classes (one surface on both discs, no motion of its

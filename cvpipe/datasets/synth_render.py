@@ -7,9 +7,9 @@ the whole actor to read:
   same two surfaces in the other order are another class;
 - motion (what motion vectors show): a pose track of the actor relative to the
   background, a direction, an oscillation, an orbit or a zoom;
-- change in place (what residuals show): three spots on the actor that light up and fade
-  within every GOP, dark at each GOP's first frame (the I-frame never shows them, motion
-  does not explain them), in a pattern on a 3 x 3 grid over the actor.
+- change in place (what residuals show): three spots on the actor that flash (invert what is
+  under them) and fade within every GOP, invisible at each GOP's first frame (the I-frame
+  never shows them, motion does not explain them), in a pattern on a 3 x 3 grid over the actor.
 A cue can be absent from a video (`Cues`): the two discs share one surface, the actor
 stays where it is, or no spot lights.
 
@@ -229,6 +229,7 @@ class Sprite:
     params: np.ndarray   # the texture's frequency and phases
     shape: str = "disc"  # "disc", "square", or "band" (infinitely tall, radius is the half-width)
     opacity: np.ndarray | None = None  # (T,) per-frame opacity; None: opaque
+    invert: bool = False  # blend towards the inverse of what is behind (a light that shows on any surface)
 
 
 def _attached(track: Track, dx: float, dy: float, size: float) -> Track:
@@ -239,7 +240,7 @@ def _attached(track: Track, dx: float, dy: float, size: float) -> Track:
     return Track(track.x + ox, track.y + oy, track.angle, track.radius * size)
 
 
-SPOT_SIZE = 0.3        # spot radius, in part radii
+SPOT_SIZE = 0.4        # spot radius, in part radii
 SPOT_SPACING = (0.55, 1.15)  # grid step across and down, in part radii
 
 
@@ -300,10 +301,20 @@ def _draw(canvas: np.ndarray, sprite: Sprite, t: int, camera: np.ndarray) -> Non
         if sprite.opacity[t] <= 0:
             return
         alpha = alpha * sprite.opacity[t]
+    patch = canvas[y0:y1, x0:x1]
+    if sprite.invert:
+        patch += alpha * (255.0 - 2.0 * patch)
+        return
     shade = sprite.texture(u, v, sprite.params)[..., None]
     colour = sprite.dark + shade * (sprite.light - sprite.dark)
-    patch = canvas[y0:y1, x0:x1]
     patch += alpha * (colour - patch)
+
+
+def _surface_sprite(track: Track, surface: Surface, rng: np.random.Generator) -> Sprite:
+    """A disc with a surface, its colours and texture phase jittered per video."""
+    jitter = rng.uniform(0.85, 1.15)
+    dark, light = (np.clip(np.array(c) * jitter + rng.uniform(-12, 12, 3), 0, 255) for c in (surface.dark, surface.light))
+    return Sprite(track, dark, light, surface.texture, _texture_params(rng))
 
 
 def _texture_params(rng: np.random.Generator) -> np.ndarray:
@@ -339,7 +350,7 @@ class Scene:
         steps = np.arange(frames, dtype=np.float64)
         # Camera: a slow pan in any direction plus per-frame shake.
         heading = rng.uniform(0, 2 * np.pi)
-        pan = rng.uniform(0, 0.35) * unit * np.array([np.cos(heading), np.sin(heading)])
+        pan = rng.uniform(0, 0.6) * unit * np.array([np.cos(heading), np.sin(heading)])
         camera = pan * steps[:, None] + rng.normal(0, 0.3 * unit, (frames, 2))
         lattices = (rng.random((7, 7)), rng.random((23, 23)))
         colours = (_random_colour(rng, 40, 120, 35), _random_colour(rng, 120, 210, 35))
@@ -347,17 +358,12 @@ class Scene:
         radius = rng.uniform(0.10, 0.13) * REFERENCE_SIDE * unit
         actor = _place(_motion_track(cues.motion, rng, frames, unit, radius), camera, width, height, rng,
                        reach=(1.1, 2.1))
-        parts = []
-        for surface, dy in ((SURFACES[cues.top], -1.0), (SURFACES[cues.bottom], 1.0)):
-            jitter = rng.uniform(0.85, 1.15)
-            dark, light = (np.clip(np.array(c) * jitter + rng.uniform(-12, 12, 3), 0, 255)
-                           for c in (surface.dark, surface.light))
-            parts.append(Sprite(_attached(actor, 0.0, dy, 1.0), dark, light, surface.texture, _texture_params(rng)))
-        glow = np.clip(rng.uniform(225, 250) + rng.uniform(-10, 10, 3), 0, 255)
+        parts = [_surface_sprite(_attached(actor, 0.0, dy, 1.0), SURFACES[surface], rng)
+                 for surface, dy in ((cues.top, -1.0), (cues.bottom, 1.0))]
         pulse = _pulse(frames, gop) * rng.uniform(0.85, 1.0)
         for row, col in cues.spots:
             track = _attached(actor, (col - 1) * SPOT_SPACING[0], (row - 1) * SPOT_SPACING[1], SPOT_SIZE)
-            parts.append(Sprite(track, glow, glow, _flat, np.zeros(3), opacity=pulse))
+            parts.append(Sprite(track, np.zeros(3), np.zeros(3), _flat, np.zeros(3), opacity=pulse, invert=True))
 
         behind, front = [], []
         for _ in range(rng.integers(1, 3)):  # grey distractor squares with a drift of their own
