@@ -25,7 +25,7 @@ if [ "$quick" = 1 ]; then
   out=runs/quick
   synth_options=(--classes 4 --videos-per-class 12 --frames 24)
   fit_options=(--set optim.epochs=2 --set "optim.lr_steps=[1]")
-  export SEEDS=0 IC_SETS="optim.epochs=3 optim.lr_steps=[2]"
+  export SEEDS=0 IC_SETS="optim.epochs=3 optim.lr_steps=[2] ic.teacher_epochs=[1,2]"
 else
   data=data
   out=runs/main
