@@ -45,7 +45,8 @@ for kv in ${IC_SETS:-}; do
 done
 
 # IC runs are independent processes: up to $parallel at once, each with one compute thread.
-parallel=${PARALLEL:-$(nproc)}
+# GNU nproc counts OMP_NUM_THREADS (set to 1 above), so ask it with that unset.
+parallel=${PARALLEL:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}
 running=0
 reap() {  # waits for one run; a failed run stops the pipeline (set -e)
   wait -n
