@@ -29,6 +29,12 @@ def shard_root(method_dir: Path) -> Path:
     return Path(load_config(configs[0]).data.root)
 
 
+def _synth_description(manifest: dict) -> dict:
+    """The `cvpipe synth` synth.json beside the shards' source manifest, or {} for other data."""
+    path = Path(manifest["source"]["manifest"]).parent / "synth.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def describe_dataset(root: Path) -> list[str]:
     """Markdown lines: the dataset's classes, splits and, for synthetic data, how it was drawn."""
     manifest_path = root / "manifest.json"
@@ -41,9 +47,8 @@ def describe_dataset(root: Path) -> list[str]:
     frames = sum(splits[s]["frames"] for s in splits) / max(sum(splits[s]["samples"] for s in splits), 1)
     lines = [f"- Shards: `{root}` (schema {manifest['schema_version']}); {len(classes)} classes; videos per split: "
              f"{counts}; {frames:.0f} frames per video on average."]
-    synth_path = Path(manifest["source"]["manifest"]).parent / "synth.json"
-    if synth_path.is_file():
-        synth = json.loads(synth_path.read_text())
+    synth = _synth_description(manifest)
+    if synth:
         c = synth["config"]
         lines.append(f"- Drawn by `cvpipe synth` (seed {c['seed']}): {c['width']}x{c['height']} pixels, {c['frames']} "
                      f"frames at {synth['fps']} fps, GOP {c['gop']}, MPEG-4 Part 2 at q {c['quality']}.")
@@ -113,9 +118,9 @@ def describe_backbones(method_dir: Path) -> list[str]:
              f"{100 * metrics['val']['fused']['top1']:.1f} / {100 * metrics['test']['fused']['top1']:.1f}. "
              f"Validation {'shows' if order else 'does NOT show'} real data's order I-frame > residual > MV."]
     manifest = json.loads((Path(cfg.data.root) / "manifest.json").read_text()) if cfg.data.root else {}
-    synth_path = Path(manifest.get("source", {}).get("manifest", "")).parent / "synth.json"
-    if manifest and synth_path.is_file():
-        shown = json.loads(synth_path.read_text()).get("cues", {})
+    synth = _synth_description(manifest) if manifest else {}
+    if synth:
+        shown = synth.get("cues", {})
         parts = []
         for m in ("iframe", "residual", "mv"):
             with np.load(folder / "eval" / "test" / f"{m}.npz") as ev:
