@@ -19,9 +19,11 @@ import pytest
 
 import cvpipe
 from cvpipe.cli import main
+from cvpipe.datasets.encode import encode_frames
 from cvpipe.datasets.manifest import read_manifest
 from cvpipe.datasets.synth import (
     APPEARANCES,
+    FPS,
     MAX_CLASSES,
     SynthConfig,
     cues,
@@ -116,22 +118,36 @@ def _inside(label: int, index: int, part: int, frame: int, shrink: float = 0.7) 
     return (xs - cx) ** 2 + (ys - cy) ** 2 < (shrink * radius) ** 2
 
 
-def _actor_x_motion(dataset: Path, label: int) -> float:
-    # The discs' accumulated MV at the last frame of each GOP (CoViAR sign: where a pixel
-    # went since the I-frame), against the background's, so the camera's pan cancels.
+def _x_motion(videos: Path, label: int, parts: tuple[int, ...] = (0, 1)) -> float:
+    """How far `parts` of the actor (0: upper disc, 1: lower) went right since the I-frame,
+    by their accumulated MV at the last frame of each GOP (CoViAR sign: where a pixel went),
+    against the background's, so the camera's pan cancels; mean over the class's videos."""
     values = []
     for index in range(CONFIG.videos_per_class):
-        mv = cvpipe.open(dataset / "videos" / f"{video_id(label, index)}.m4v").extract([11, 23], ["mv_accumulated"])
+        mv = cvpipe.open(videos / f"{video_id(label, index)}.m4v").extract([11, 23], ["mv_accumulated"])
         for i, frame in enumerate((11, 23)):
             x = mv["mv_accumulated"][i, ..., 0]
+            region = np.logical_or.reduce([_inside(label, index, part, frame) for part in parts])
             actor = _inside(label, index, 0, frame) | _inside(label, index, 1, frame)
-            values.append(x[actor].mean() - np.median(x[~actor]))
+            values.append(x[region].mean() - np.median(x[~actor]))
     return float(np.mean(values))
 
 
 def test_motion_cues_show_in_the_motion_vectors(dataset: Path) -> None:
     assert MOTIONS[0].name == "right" and MOTIONS[1].name == "left"
-    assert _actor_x_motion(dataset, 0) > 2.0 and _actor_x_motion(dataset, 1) < -2.0
+    assert _x_motion(dataset / "videos", 0) > 2.0 and _x_motion(dataset / "videos", 1) < -2.0
+
+
+def test_a_turn_moves_the_discs_apart_in_the_motion_vectors(tmp_path: Path) -> None:
+    # One segment shows a turn as the two discs going opposite ways: clockwise on screen
+    # carries the upper disc right and the lower one left.
+    for name, sign in (("turn", 1), ("turn_back", -1)):
+        label = next(k for k, m in enumerate(MOTIONS) if m.name == name)
+        for index in range(CONFIG.videos_per_class):
+            encode_frames(scene(CONFIG, label, index).frames(), tmp_path / f"{video_id(label, index)}.m4v",
+                          CONFIG.encode_options(), fps=FPS)
+        upper, lower = _x_motion(tmp_path, label, (0,)), _x_motion(tmp_path, label, (1,))
+        assert sign * upper > 1.0 and sign * lower < -1.0, (name, upper, lower)
 
 
 def test_appearance_cues_show_in_the_i_frame(dataset: Path) -> None:

@@ -15,8 +15,8 @@ the same), so that the paper's claims are tested in the regime it describes:
   own, no spots), so no pair of classes is confused by design in any modality;
 - the cues need the whole actor, so deep layers resolve what early ones cannot: the same
   two surfaces in the other order are another class, every spot pattern has three spots,
-  and motions differ in direction, oscillation, orbit and zoom relative to a panning
-  background;
+  and motions differ in direction, zoom or turn relative to a panning background
+  (each told from one segment's accumulated motion, what a TSN network sees);
 - the cue probabilities follow CoViAR's accuracies on UCF-101 (I-frame 88%, residual
   80%, MV 64%), the order real data shows; what the networks reach is checked on validation.
 

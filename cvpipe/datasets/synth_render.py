@@ -6,7 +6,7 @@ the whole actor to read:
   with a surface (texture and colour pair); a class is an ordered pair of surfaces, so the
   same two surfaces in the other order are another class;
 - motion (what motion vectors show): a pose track of the actor relative to the
-  background, a direction, an oscillation, an orbit or a zoom;
+  background: a direction, a zoom or a turn, each told from one segment's motion;
 - change in place (what residuals show): three spots on the actor that flash (invert what is
   under them) and fade within every GOP, invisible at each GOP's first frame (the I-frame
   never shows them, motion does not explain them), in a pattern on a 3 x 3 grid over the actor.
@@ -108,20 +108,27 @@ class Motion:
 
 
 STILL = "still"  # the motion of a video whose motion cue is absent
+# Each motion can be told from one segment's accumulated motion (what a TSN network sees):
+# a displacement away from the I-frame, a divergence, or the two discs moving apart
+# around the actor's centre. An oscillation or an orbit could not (its displacement
+# within one GOP points any way), so none is a class.
 MOTIONS = (
-    Motion("right", "moves right, 0.9-1.5 px/frame"),
-    Motion("left", "moves left, 0.9-1.5 px/frame"),
-    Motion("down", "moves down, 0.6-1.0 px/frame"),
-    Motion("up", "moves up, 0.6-1.0 px/frame"),
-    Motion("swing", "swings left and right, period 16-28 frames"),
-    Motion("bob", "bobs up and down, period 16-28 frames"),
-    Motion("orbit", "circles clockwise without turning, period 24-40 frames"),
-    Motion("orbit_back", "circles counter-clockwise without turning, period 24-40 frames"),
+    Motion("right", "moves right, 1.0-1.6 px/frame"),
+    Motion("left", "moves left, 1.0-1.6 px/frame"),
+    Motion("down", "moves down, 1.0-1.6 px/frame"),
+    Motion("up", "moves up, 1.0-1.6 px/frame"),
+    Motion("down_right", "moves down and right, 0.7-1.1 px/frame each way"),
+    Motion("up_left", "moves up and left, 0.7-1.1 px/frame each way"),
+    Motion("down_left", "moves down and left, 0.7-1.1 px/frame each way"),
+    Motion("up_right", "moves up and right, 0.7-1.1 px/frame each way"),
     Motion("zoom_in", "grows 1.8x over the clip (approach)"),
     Motion("zoom_out", "shrinks 1.8x over the clip (recede)"),
-    Motion("diagonal", "moves down and right, 0.6-1.0 px/frame each way"),
-    Motion("diagonal_back", "moves up and left, 0.6-1.0 px/frame each way"),
+    Motion("turn", "turns clockwise, 45 degrees over the clip"),
+    Motion("turn_back", "turns counter-clockwise, 45 degrees over the clip"),
 )
+# Directions as (x, y) signs, y down.
+_DIRECTIONS = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1),
+               "down_right": (1, 1), "up_left": (-1, -1), "down_left": (-1, 1), "up_right": (1, -1)}
 
 # Spot patterns: three cells (row, column) of a 3 x 3 grid over the actor, rows top to
 # bottom. Every pattern has three spots, so only their layout on the actor tells them apart.
@@ -168,23 +175,17 @@ def _motion_track(motion: str, rng: np.random.Generator, frames: int, unit: floa
     x, y = (rng.uniform(-0.15, 0.15) * unit * t for _ in range(2))
     angle = np.full(frames, rng.uniform(-0.25, 0.25))
     scale = np.ones(frames)
-    speed = (rng.uniform(0.9, 1.5) if motion in ("right", "left") else rng.uniform(0.6, 1.0)) * unit
-    if motion in ("right", "left", "diagonal", "diagonal_back"):
-        x = x + (-1 if motion in ("left", "diagonal_back") else 1) * speed * t
-    if motion in ("down", "up", "diagonal", "diagonal_back"):
-        y = y + (-1 if motion in ("up", "diagonal_back") else 1) * speed * t
-    if motion in ("swing", "bob"):
-        amplitude = rng.uniform(0.10, 0.15) * REFERENCE_SIDE * unit * (1.0 if motion == "swing" else 0.7)
-        wave = amplitude * np.sin(2 * np.pi * t / rng.uniform(16, 28) + rng.uniform(0, 2 * np.pi))
-        x, y = (x + wave, y) if motion == "swing" else (x, y + wave)
-    elif motion in ("orbit", "orbit_back"):
-        r = rng.uniform(0.09, 0.13) * REFERENCE_SIDE * unit
-        phase = 2 * np.pi * t / rng.uniform(24, 40) * (1 if motion == "orbit" else -1) + rng.uniform(0, 2 * np.pi)
-        x, y = x + r * np.cos(phase), y + r * np.sin(phase)  # y down: increasing phase turns clockwise
+    progress = t / max(frames - 1, 1)
+    if motion in _DIRECTIONS:
+        sx, sy = _DIRECTIONS[motion]
+        speed = (rng.uniform(1.0, 1.6) if sx == 0 or sy == 0 else rng.uniform(0.7, 1.1)) * unit
+        x, y = x + sx * speed * t, y + sy * speed * t
     elif motion in ("zoom_in", "zoom_out"):
-        growth = 1.8 ** (t / max(frames - 1, 1))
+        growth = 1.8 ** progress
         scale = 0.75 * (growth if motion == "zoom_in" else growth[::-1])
-    elif motion not in (STILL, "right", "left", "down", "up", "diagonal", "diagonal_back"):
+    elif motion in ("turn", "turn_back"):
+        angle = angle + (1 if motion == "turn" else -1) * np.pi / 4 * progress
+    elif motion != STILL:
         raise ValueError(f"unknown motion {motion!r}; known: {', '.join(m.name for m in MOTIONS)}, {STILL}")
     return Track(x, y, angle, radius * scale)
 
