@@ -7,8 +7,10 @@ status: 0 when every video is stored and the output verifies; 1 when a video fai
 (listed, and in manifest.json's errors; a run again retries it) or the verification
 fails; 2 for bad arguments, workers that cannot run the job (another cvpipe, no
 compiled extension: nothing is recorded, fix it and run again), or an output folder
-another run holds or that holds files the job did not write (see --force); 130 when
-interrupted (run again to resume).
+another run holds or that holds files the job did not write (see --force); 3 when the
+joined cluster's head went away mid-job; 130 when interrupted (run again to resume in
+both cases: finished shards are kept). A node other than the head that goes away costs
+only its running tasks, which Ray runs again on the nodes left.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import dataclasses
 import os
 import sys
 
-from cvpipe.shards.cluster import EnvironmentProblem
+from cvpipe.shards.cluster import HEAD_LOST_STATUS, EnvironmentProblem
 from cvpipe.shards.codec import DEFAULT_ENCODINGS, IFRAME, JPEG_QUALITY, MV, PNG_LEVEL, RESIDUAL, ZSTD_FORMATS, Encoding
 from cvpipe.shards.job import DEFAULT_SHARD_SIZE, run_job, summary_table
 from cvpipe.shards.output import OutputProblem
@@ -74,10 +76,18 @@ def options_from_args(args: argparse.Namespace) -> ShardOptions:
 
 
 def run(args: argparse.Namespace) -> int:
+    def head_lost(why: str) -> None:
+        # From the watching thread, while the main one waits on Ray for results that cannot come.
+        print(f"cvpipe shard: {why}: the cluster is gone, so this run stops; the shards finished so far are kept "
+              f"in {args.out}: run the same command again (on a cluster or locally) to resume",
+              file=sys.stderr, flush=True)
+        os._exit(HEAD_LOST_STATUS)
+
     try:
         options = options_from_args(args)
         result = run_job(args.manifest, args.out, options, shard_size=args.shard_size, workers=args.workers,
-                         ray_address=args.ray_address, progress=not args.no_progress, force=args.force)
+                         ray_address=args.ray_address, progress=not args.no_progress, force=args.force,
+                         on_head_lost=head_lost)
     except (ValueError, OSError, EnvironmentProblem, OutputProblem) as e:  # bad input, a cluster or folder that cannot take it
         print(f"cvpipe shard: {e}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,20 +26,26 @@ from cvpipe.shards.schema import SCHEMA_VERSION
 
 # A worker process starts in a second or two; minutes mean a node that cannot start one.
 WORKER_CHECK_TIMEOUT_S = 180.0
+# How long the head of a joined cluster may refuse connections before the driver gives up
+# (a head restarting on the same port comes back within seconds), and the exit status then.
+HEAD_LOST_S = 15.0
+HEAD_LOST_STATUS = 3
 
 
 class EnvironmentProblem(RuntimeError):
     """The cluster cannot run the job, whatever the videos are: fix it and run again."""
 
 
-def connect(address: str | None, workers: int) -> Callable[[], None] | None:
+def connect(address: str | None, workers: int,
+            on_head_lost: Callable[[str], None] | None = None) -> Callable[[], None] | None:
     """Makes sure Ray is initialised; returns how to stop what this call started (None
     when it started nothing).
 
     None or "local": a new local cluster with `workers` CPUs, dashboard and token auth
     off (REFERENCE.md s.4), whose processes end with this one however it ends (`_REAPER`).
-    "auto" or an address: join that cluster, which has its own CPU count. A Ray already
-    initialised in this process (a test's, a Ray job's) is used.
+    "auto" or an address: join that cluster, which has its own CPU count; `on_head_lost`
+    is called (from a watching thread) once its head has refused connections for
+    HEAD_LOST_S. A Ray already initialised in this process (a test's, a Ray job's) is used.
     """
     # Ray is imported where it is used: it takes about a second, and every `cvpipe`
     # subcommand loads this module through the command line's parser.
@@ -49,6 +56,8 @@ def connect(address: str | None, workers: int) -> Callable[[], None] | None:
     if address not in (None, "", "local"):
         _check_reachable(address)
         ray.init(address=address, logging_level=logging.WARNING)
+        if on_head_lost is not None:
+            _watch_head(ray.get_runtime_context().gcs_address, on_head_lost)
         return ray.shutdown
     if workers < 1:
         raise ValueError(f"--workers {workers} must be at least 1")
@@ -123,6 +132,26 @@ for pid, start in known.items():
         except OSError:
             pass
 """
+
+
+def _watch_head(address: str, on_lost: Callable[[str], None], period_s: float = 1.0) -> None:
+    """Calls `on_lost(why)` from a daemon thread once the head's GCS at HOST:PORT has
+    refused connections for HEAD_LOST_S in a row."""
+    host, _, port = address.rpartition(":")
+
+    def watch() -> None:
+        answered = time.monotonic()
+        while True:
+            time.sleep(period_s)
+            try:
+                socket.create_connection((host, int(port)), timeout=period_s).close()
+                answered = time.monotonic()
+            except OSError:
+                if time.monotonic() - answered >= HEAD_LOST_S:
+                    on_lost(f"the Ray cluster's head at {address} has not answered for {HEAD_LOST_S:.0f} s")
+                    return
+
+    threading.Thread(target=watch, name="cvpipe-head-watch", daemon=True).start()
 
 
 def _check_reachable(address: str) -> None:

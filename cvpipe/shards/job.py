@@ -25,7 +25,10 @@ Fault injection for tests, by shard name (without .tar), read by the driver:
   directory, `.fault-killed-NAME`, remembers the attempt; the next run removes it);
 - CVPIPE_FAULT_KILL_ALWAYS=NAME: the same on every attempt, so Ray's retries run out;
 - CVPIPE_FAULT_STALL=NAME: the task of that shard stops after its first sample and waits
-  until it is killed, so a test can interrupt the driver at a known point.
+  until it is killed, so a test can interrupt the driver at a known point;
+and by node, read by the worker, from the environment its node was started with:
+- CVPIPE_FAULT_STALL_ON_NODE=1: every task on that node stalls so (`.fault-stalled-NAME`
+  marks each), so a test can take the node away while its tasks run.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from cvpipe.shards.writer import ShardOptions, Timings, write_json_atomic, write
 FAULT_KILL_ENV = "CVPIPE_FAULT_KILL_ONCE"
 FAULT_KILL_ALWAYS_ENV = "CVPIPE_FAULT_KILL_ALWAYS"
 FAULT_STALL_ENV = "CVPIPE_FAULT_STALL"
+FAULT_STALL_ON_NODE_ENV = "CVPIPE_FAULT_STALL_ON_NODE"
 _FAULTS = {FAULT_KILL_ENV: "kill", FAULT_KILL_ALWAYS_ENV: "kill-always", FAULT_STALL_ENV: "stall"}
 DEFAULT_SHARD_SIZE = 32
 MAX_RETRIES = 3
@@ -118,6 +122,8 @@ def build_shard(plan: ShardPlan, out_dir: str, options: dict[str, Any], fault: s
     started = time.perf_counter()
     out = Path(out_dir)
     planned = plan.fingerprint()
+    if fault is None and os.environ.get(FAULT_STALL_ON_NODE_ENV):
+        fault = "stall"
     after_sample = _fault_hook(out, plan.name, fault)
     result = write_shard(out / plan.tar_name, plan.entries, ShardOptions.from_json(options), after_sample)
     if not result.ids:
@@ -127,13 +133,21 @@ def build_shard(plan: ShardPlan, out_dir: str, options: dict[str, Any], fault: s
         "ids": result.ids, "bytes": result.bytes, "sha256": result.sha256, "frames": result.frames,
         "members": result.members, "source_bytes": result.source_bytes, "errors": result.errors,
         "timings": asdict(result.timings) | {"task": time.perf_counter() - started},
+        "node": _node_id(),
     }
     write_json_atomic(out / RECORDS_DIR / f"{plan.name}.json", record)
     return record
 
 
+def _node_id() -> str | None:
+    """The Ray node this task runs on (which node wrote a shard, for whoever reads its record)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
 def _fault_hook(out: Path, name: str, fault: str | None) -> Callable[[int], None] | None:
-    marker = out / f"{FAULT_MARKER}{name}"
+    marker = out / f"{FAULT_MARKER}killed-{name}"
     if fault == "kill-always" or (fault == "kill" and not marker.exists()):
         def kill(samples_written: int) -> None:
             marker.touch()
@@ -142,6 +156,7 @@ def _fault_hook(out: Path, name: str, fault: str | None) -> Callable[[int], None
         return kill
     if fault == "stall":
         def stall(samples_written: int) -> None:
+            (out / f"{FAULT_MARKER}stalled-{name}").touch()
             while True:
                 time.sleep(60)
 
@@ -190,11 +205,14 @@ class JobResult:
 
 def run_job(manifest: str | os.PathLike, out_dir: str | os.PathLike, options: ShardOptions = ShardOptions(),
             shard_size: int = DEFAULT_SHARD_SIZE, workers: int = 2, ray_address: str | None = None,
-            progress: bool = True, force: bool = False) -> JobResult:
+            progress: bool = True, force: bool = False,
+            on_head_lost: Callable[[str], None] | None = None) -> JobResult:
     """Shards every video of `manifest` into `out_dir`; resumes what a previous run left.
 
     Args:
         force: go on although `out_dir` holds files the job did not write (left alone).
+        on_head_lost: called with the reason, from a watching thread, when the head of a
+            joined cluster is gone (`cvpipe shard` then exits); None leaves it to Ray.
 
     Raises:
         ValueError: a bad manifest or options.
@@ -214,14 +232,14 @@ def run_job(manifest: str | os.PathLike, out_dir: str | os.PathLike, options: Sh
     out = Path(out_dir)
     with locked(out):
         result = _run_locked(manifest, entries, plans, out, options.to_json(), shard_size, workers, ray_address,
-                             progress, force)
+                             progress, force, on_head_lost)
     result.seconds = time.perf_counter() - started
     return result
 
 
 def _run_locked(manifest: Path, entries: Sequence[ManifestEntry], plans: Sequence[ShardPlan], out: Path,
                 options_json: dict[str, Any], shard_size: int, workers: int, ray_address: str | None,
-                progress: bool, force: bool) -> JobResult:
+                progress: bool, force: bool, on_head_lost: Callable[[str], None] | None) -> JobResult:
     planned = {p.name for p in plans}
     records_dir(out)   # refuses a linked records/ before reading a record through it
     records = {p.name: r for p in plans if (r := kept_record(out, p, options_json)) is not None}
@@ -232,7 +250,7 @@ def _run_locked(manifest: Path, entries: Sequence[ManifestEntry], plans: Sequenc
     try:
         if todo:
             connecting = time.perf_counter()
-            stop_ray = connect(ray_address, workers)
+            stop_ray = connect(ray_address, workers, on_head_lost)
             check_workers()
             result.ray_seconds = time.perf_counter() - connecting
         result.removed = clean(out, planned, force)
@@ -262,7 +280,9 @@ def _run_tasks(todo: list[ShardPlan], out: Path, options_json: dict, records: di
     at the end, once every other task has finished, if any task failed."""
     import ray
 
-    task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(build_shard)
+    # SPREAD: on a cluster every node's decoders and disks work from the first task on.
+    task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False, scheduling_strategy="SPREAD")(
+        build_shard)
     pending = {task.remote(p, str(out.resolve()), options_json, _fault_for(p.name)): p for p in todo}
     failures = sum(len(r["errors"]) for r in records.values())
     failed_tasks = []

@@ -36,7 +36,7 @@ from cvpipe.shards.listing import MANIFEST_NAME
 
 RECORDS_DIR = "records"
 LOCK_NAME = ".cvpipe-shard.lock"
-FAULT_MARKER = ".fault-killed-"
+FAULT_MARKER = ".fault-"   # then killed-NAME or stalled-NAME (cvpipe.shards.job)
 _NAME = rf"(?:{'|'.join(SPLITS)})-\d{{6}}"
 _SHARD = re.compile(rf"{_NAME}\.tar")
 _RECORD = re.compile(rf"{_NAME}\.json")
