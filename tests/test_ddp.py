@@ -274,3 +274,19 @@ def test_a_node_that_never_arrives_times_the_rendezvous_out(tmp_path):
     assert status != 0 and "RendezvousTimeoutError" in err, err[-2000:]
     assert time.monotonic() - started < 90
     assert not (tmp_path / "alone").exists()   # no rank ever ran
+
+
+def test_flatness_under_torchrun_equals_one_process(ddp_run):
+    """Each rank takes its own training batches and the Hessian-vector products are
+    summed over ranks: with every training video in, the same function as one process."""
+    from trainer.analysis.flatness import FlatnessOptions, measure_run
+
+    torchrun("flatness", str(ddp_run), "--batches", "100", "--probes", "3", "--directions", "1", cwd=ddp_run.parent)
+    [ranks] = json.loads((ddp_run / "flatness" / "flatness.json").read_text())["measurements"]
+    [one] = measure_run(ddp_run, Dist(0, 1, 0, torch.device("cpu")), FlatnessOptions(batches=100, probes=3, directions=1))
+    assert ranks["videos"] == one.videos == 13
+    assert ranks["loss"] == pytest.approx(one.loss, rel=1e-5)
+    assert ranks["trace"] == pytest.approx(one.trace, rel=1e-4)
+    assert ranks["top_eigenvalue"] == pytest.approx(one.top_eigenvalue, rel=1e-3)
+    [curve] = ranks["curves"]
+    assert curve == pytest.approx(one.curves[0], rel=1e-5)

@@ -71,6 +71,21 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_flatness(args: argparse.Namespace) -> int:
+    from trainer.analysis.flatness import FlatnessOptions, flatness
+
+    options = FlatnessOptions(batches=args.batches, probes=args.probes, tol=args.tol, directions=args.directions,
+                              seed=args.seed)
+    dist = distributed.setup(args.device)
+    try:
+        text = flatness(args.run_dirs, dist, options, which=args.checkpoint)
+        if dist.is_main:
+            print(text)
+    finally:
+        distributed.teardown()
+    return 0
+
+
 def _run_ic(args: argparse.Namespace) -> int:
     from trainer.train.ic import train_ics
 
@@ -189,6 +204,28 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_eval)
 
 
+def _add_flatness(subparsers: argparse._SubParsersAction) -> None:
+    from trainer.analysis.flatness import FlatnessOptions
+
+    d = FlatnessOptions()
+    p = subparsers.add_parser("flatness", help="Hessian trace, top eigenvalue and loss curves of trained runs",
+                              description="Curvature of each run's training loss at its weights (a `cvtrain fit` "
+                                          "run: the network; a `cvtrain ic` run: each IC, the backbone frozen); "
+                                          "writes RUN_DIR/flatness/. Under torchrun each rank takes its own batches.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (config.toml and best.pt)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="(default: %(default)s)")
+    p.add_argument("--batches", type=int, default=d.batches,
+                   help="training batches per process the loss is summed over (default: %(default)s)")
+    p.add_argument("--probes", type=int, default=d.probes, help="Hutchinson probes (default: %(default)s)")
+    p.add_argument("--tol", type=float, default=d.tol,
+                   help="power iteration's relative tolerance (default: %(default)s)")
+    p.add_argument("--directions", type=int, default=d.directions,
+                   help="filter-normalised directions for the loss curves (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the random vectors (default: %(default)s)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
+    p.set_defaults(func=_run_flatness)
+
+
 def _add_ic(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("ic", help="train the internal classifiers of a frozen network (CE or PKD)",
                               description="Train the three internal classifiers of model.modality's network on "
@@ -272,7 +309,7 @@ def _add_bench_data(subparsers: argparse._SubParsersAction) -> None:
 
 # Subcommands in the order `cvtrain --help` lists them; later stages add theirs here.
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_fit, _add_eval, _add_ic, _add_gate, _add_logits, _add_wise, _add_report, _add_bench_data)
+    _add_fit, _add_eval, _add_ic, _add_gate, _add_logits, _add_wise, _add_report, _add_flatness, _add_bench_data)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 # The data do not depend on the run's seed (that seeds the model and the draws): two
 # runs with different seeds train on the same problem.
 DATA_SEED = 12345
+# Each split's own random stream for evaluation (val and test kept the keys they always had).
+EVAL_KEYS = {SPLITS[0]: 1, SPLITS[1]: 2, "train": 3}
 
 
 def _generator(*key: int) -> torch.Generator:
@@ -72,12 +74,14 @@ class TensorData:
             yield self._batch("train", [mine[p] for p in picks], [generator] * len(picks))
 
     def eval_batches(self, split: str) -> Iterator[Batch]:
-        if split not in SPLITS:
-            raise ValueError(f"split {split!r}; valid: {', '.join(SPLITS)}")
+        """Any split, the training one too (as the shard reader: what WISE and flatness
+        read), each video with its own fixed noise."""
+        if split not in EVAL_KEYS:
+            raise ValueError(f"split {split!r}; valid: {', '.join(EVAL_KEYS)}")
         mine = self._mine(split)
         for start in range(0, len(mine), self.batch_size):
             indices = mine[start:start + self.batch_size]
             # Each video's noise is its own, fixed: an evaluation sees the same split
             # every time, on any number of ranks.
-            generators = [_generator(DATA_SEED, SPLITS.index(split) + 1, i) for i in indices]
+            generators = [_generator(DATA_SEED, EVAL_KEYS[split], i) for i in indices]
             yield self._batch(split, indices, generators)
