@@ -2,7 +2,8 @@
 # The paper's contribution on trained backbones: internal classifiers trained with
 # cross-entropy and with PKD for the three networks, for several seeds; the gate (after the
 # first seed's CE runs: do final exits lead their ICs?); the 12 exits' logits and measured
-# cost; WISE, its ablations and the early-exit trade-off; the report with paired intervals.
+# cost; WISE, its ablations and the early-exit trade-off; the flatness of the backbones and
+# the ICs; the report with paired intervals.
 #
 #   scripts/paper_pipeline.sh SHARDS RUNS
 #
@@ -14,19 +15,21 @@
 #   ABLATIONS=1       also PKD's anti-curriculum order and a single I-frame teacher
 #   IC_SETS="K=V ..." config overrides for every IC run (e.g. "optim.epochs=3 optim.lr_steps=[2]")
 #   PARALLEL=N        IC runs at once (default: the number of cores); each logs to its RUN/log.txt
+#   FLATNESS="..."    cvtrain flatness options (default: --batches 2 --probes 10 --directions 2)
 #   OMP_NUM_THREADS   torch's threads per process (default 1: with more threads than free cores,
 #                     their spin-waits made every step ~10x slower on 2 cores, measured)
 # Safe to run again: finished IC runs resume at their end; logits, WISE and report are redone.
 set -euo pipefail
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 if [ $# -ne 2 ]; then
-  sed -n '2,18p' "$0" >&2
+  sed -n '2,20p' "$0" >&2
   exit 2
 fi
 shards=$1
 runs=$2
 out=$runs/paper
 seeds=${SEEDS:-0 1 2 3 4}
+flatness_options=${FLATNESS:---batches 2 --probes 10 --directions 2}
 config=${CONFIG:-tiny_synth}
 for m in iframe mv residual; do
   [ -f "$runs/$m/best.pt" ] || { echo "paper_pipeline: $runs/$m/best.pt is missing: train the backbones first" >&2; exit 2; }
@@ -95,6 +98,25 @@ cvtrain logits "${dirs[@]}"
 echo "== WISE, early exit, cost"
 cvtrain wise "${dirs[@]}" > "$out/wise.txt"
 echo "written $out/wise.txt"
+echo "== flatness of the backbones and of every IC run, $flatness_options"
+rm -f "$out"/flatness.*.txt
+flatness_run() {  # name run-dirs...: one cvtrain flatness process, its table in $out/flatness.NAME.txt
+  local name=$1
+  shift
+  # shellcheck disable=SC2086  # $flatness_options is a list of options
+  cvtrain flatness "$@" $flatness_options --device cpu > "$out/flatness.$name.txt" 2>&1 ||
+    { echo "== flatness of $name FAILED:" >&2; tail -n 20 "$out/flatness.$name.txt" >&2; return 1; }
+}
+flatness_run backbones "$runs/iframe" "$runs/residual" "$runs/mv" &
+running=1
+for dir in "${dirs[@]}"; do
+  flatness_run "$(basename "$(dirname "$dir")")-$(basename "$dir")" "$dir/residual" "$dir/mv" "$dir/iframe" &
+  running=$((running + 1))
+  if [ "$running" -ge "$parallel" ]; then reap; fi
+done
+while [ "$running" -gt 0 ]; do reap; done
+cat "$out"/flatness.*.txt > "$out/flatness.txt"
+echo "written $out/flatness.txt"
 echo "== report"
 cvtrain report "$out"
 echo "paper pipeline: $(( $(date +%s) - began )) s (IC training $(( trained - began )) s); report in $out/report/"

@@ -3,6 +3,15 @@ everything more than one of them needs lives here, in one section per owner."""
 
 from __future__ import annotations
 
+import signal
+
+# A test run started in the background by a non-interactive shell (`cmd &`, as CI agents
+# and nohup do) has SIGINT ignored, and an ignored signal stays ignored across exec: the
+# tests that stop a child `cvpipe` with Ctrl-C would see it run on. A handler in this
+# process is reset to the default at exec instead, so every child can be interrupted.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 # ======================================================================================
 # Extractor fixtures: small MPEG-4 Part 2 clips made with the ffmpeg CLI (synthetic pans
 # with closed-form motion, re-encoded real footage, container remuxes, clips the

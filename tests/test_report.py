@@ -202,6 +202,9 @@ def test_paper_pipeline_on_real_shards(shards, tmp_path, capsys):
     costs = json.loads((method_dirs[0] / "logits" / "costs.json").read_text())
     assert sum(costs["mv"]["stages"]) == ModalityNet("mv", "resnet18", 2, width=8).count_macs(32)
     assert cvtrain(["wise", *map(str, method_dirs)]) == 0
+    flat = ["--batches", "1", "--probes", "2", "--directions", "1"]
+    assert cvtrain(["flatness", *(str(tmp_path / "backbones" / m) for m in MODALITIES), *flat]) == 0
+    assert cvtrain(["flatness", *(str(d / m) for d in method_dirs for m in MODALITIES), *flat]) == 0
     assert cvtrain(["report", str(tmp_path / "paper")]) == 0
     printed = re.sub(" +", " ", capsys.readouterr().out)
     assert "| exit | ce alone | pkd alone | pkd no scaling | pkd WISE | MMACs |" in printed
@@ -209,3 +212,10 @@ def test_paper_pipeline_on_real_shards(shards, tmp_path, capsys):
     report = (tmp_path / "paper" / "report" / "report.md").read_text()
     assert f"Checked by `cvtrain gate {method_dirs[0]}`" in report and "## Differences with intervals" in report
     assert f"- Shards: `{shards}` (schema 4); 2 classes" in report and "pkd - ce, the 9 ICs pooled" in report
+    # Flatness: a row per backbone and per (network, IC, method), the two orderings said in words.
+    flatness = report.partition("## Flatness")[2].partition("## ")[0]
+    assert re.search(r"Backbones by trace per parameter: the paper's order, .* (shows|does NOT show)", flatness)
+    assert re.search(r"ICs: PKD's are flatter than CE's .* on \d of 9 ICs", flatness)
+    rows = [line for line in flatness.splitlines() if line.startswith("|") and "---" not in line][1:]
+    assert len(rows) == 3 + 2 * 9 and all(row.count("|") == 8 for row in rows)
+    assert (tmp_path / "paper" / "report" / "flatness.png").is_file()

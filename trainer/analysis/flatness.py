@@ -6,8 +6,9 @@ trainer.analysis.hessian, on the run's first `batches` training batches taken wi
 test-time transforms (the segment centres, centre crops), every BatchNorm in eval mode:
 - a `cvtrain fit` run: the network's cross-entropy on labels, over all its parameters;
 - a `cvtrain ic` run: each IC's cross-entropy on labels over that IC's parameters, the
-  backbone frozen. CE- and PKD-trained ICs are measured on the same function (the task
-  they are tested on), so their numbers compare.
+  backbone frozen (its features of the batches are computed once and kept). CE- and
+  PKD-trained ICs are measured on the same function (the task they are tested on), so
+  their numbers compare.
 
 Networks differ in size and input scale, so the raw trace does not order them. Beside it:
 the trace per parameter (tr(H) / parameters, the mean curvature along one coordinate),
@@ -37,7 +38,7 @@ from trainer.analysis.hessian import (
     loss_curve,
     top_eigenvalue,
 )
-from trainer.config import load_config
+from trainer.config import Config, load_config
 from trainer.data.sources import open_data
 from trainer.models.exits import IC_EXITS
 from trainer.train import checkpoint, distributed
@@ -84,7 +85,7 @@ def _measure(name: str, loss: SummedLoss, videos: int, options: FlatnessOptions)
                        top.value, top.iterations, top.converged, curves)
 
 
-def _fixed_batches(cfg, dist: Dist, count: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
+def _fixed_batches(cfg: Config, dist: Dist, count: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
     """This rank's first `count` training batches (test-time transforms) and the video count over all ranks."""
     data = open_data(cfg, rank=dist.rank, world_size=dist.world_size, device=dist.device)
     batches = []
@@ -138,16 +139,20 @@ def write_run(run_dir: Path, measurements: Sequence[Measurement], options: Flatn
     return out
 
 
-def plot_curves(measurements: dict[str, Measurement], path: Path, title: str) -> None:
+def plot_curves(measurements: dict[str, Measurement], path: Path, title: str,
+                colours: dict[str, str] | None = None) -> None:
+    """Each measurement's loss curves, one colour per measurement, legend outside the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for (name, m), colour in zip(measurements.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
-        for i, curve in enumerate(m.curves):
-            ax.plot(STEPS, curve, color=colour, alpha=0.8, label=name if i == 0 else None)
+    for i, (name, m) in enumerate(measurements.items()):
+        colour = (colours or {}).get(name, cycle[i % len(cycle)])
+        for j, curve in enumerate(m.curves):
+            ax.plot(STEPS, curve, color=colour, alpha=0.8, label=name if j == 0 else None)
     ax.set_xlabel("alpha (step along a filter-normalised direction)")
     ax.set_ylabel("training loss")
     ax.set_title(title, fontsize=9)

@@ -96,16 +96,24 @@ def _training_seconds(metrics: Iterable[Path]) -> float:
                for line in path.read_text().splitlines() if line.strip())
 
 
+def backbone_folder(method_dir: Path) -> Path | None:
+    """The folder of the frozen backbones (one run per modality) a method's IC runs read."""
+    configs = sorted(method_dir.glob("*/config.toml"))
+    if not configs or not load_config(configs[0]).ic.backbones:
+        return None
+    cfg = load_config(configs[0])
+    return Path(cfg.ic.backbones.replace("{modality}", cfg.model.modality)).parent.parent
+
+
 def describe_backbones(method_dir: Path) -> list[str]:
     """Markdown lines: the frozen backbones' validation and test top-1 (from `cvtrain eval` of
     their folder), whether validation shows real data's order I-frame > residual > MV, and,
     on synthetic data, each network's test top-1 on the videos that show its cue and on those
     that do not."""
-    configs = sorted(method_dir.glob("*/config.toml"))
-    if not configs or not load_config(configs[0]).ic.backbones:
+    folder = backbone_folder(method_dir)
+    if folder is None:
         return []
-    cfg = load_config(configs[0])
-    folder = Path(cfg.ic.backbones.replace("{modality}", cfg.model.modality)).parent.parent
+    cfg = load_config(sorted(method_dir.glob("*/config.toml"))[0])
     found = {split: folder / "eval" / split / "metrics.json" for split in ("val", "test")}
     if not all(p.is_file() for p in found.values()):
         return [f"No `cvtrain eval {folder} --split val/test` results to describe the backbones with."]

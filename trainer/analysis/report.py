@@ -4,8 +4,9 @@ as mean and spread over seeds, with the comparisons' paired intervals.
 It reads RUN_DIR/seed*/METHOD/wise/results.json (trainer.analysis.results) and writes
 RUN_DIR/report/: report.md, ic_accuracy.png (per-network, per-IC test top-1 of each
 method), wise.png (WISE vs no scaling vs single exits), tradeoff.png (accuracy against
-GMACs per video under early exit, with CoViAR's fusion); it returns the main table, which
-the command prints.
+GMACs per video under early exit, with CoViAR's fusion) and, where `cvtrain flatness` ran
+on the backbones and IC runs, flatness.png (trainer.analysis.flatness_summary); it
+returns the main table, which the command prints.
 """
 
 from __future__ import annotations
@@ -24,10 +25,18 @@ from trainer.analysis.comparisons import (
     ic_comparisons,
     wise_comparisons,
 )
+from trainer.analysis.flatness_summary import flatness_lines
 from trainer.analysis.gate import GATE, format_gate
 from trainer.analysis.intervals import Interval
+from trainer.analysis.markdown import markdown_table
 from trainer.analysis.plots import plot_ic_accuracy, plot_tradeoff, plot_wise
-from trainer.analysis.provenance import describe_backbones, describe_dataset, describe_training, shard_root
+from trainer.analysis.provenance import (
+    backbone_folder,
+    describe_backbones,
+    describe_dataset,
+    describe_training,
+    shard_root,
+)
 from trainer.analysis.results import (
     Method,
     early_exit_curve,
@@ -46,15 +55,6 @@ def _pm(mean: float, std: float, scale: float = 100.0, digits: int = 1) -> str:
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(str(c).rjust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
-
-
 def main_table(methods: Sequence[Method], wise_method: Method, split: str) -> str:
     """Per exit: each method's single-exit top-1, then the WISE method's no-scaling and
     WISE top-1, and the cumulative GMACs per video; mean ± std over seeds, in %."""
@@ -69,7 +69,7 @@ def main_table(methods: Sequence[Method], wise_method: Method, split: str) -> st
     for k, name in enumerate(EXIT_NAMES):
         rows.append([name, *[_pm(mu[k], sd[k]) for mu, sd in singles], _pm(scaled[0][k], scaled[1][k]),
                      _pm(wise[0][k], wise[1][k]), f"{costs[k] / scale:.3f}"])
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def _verdict(interval: Interval, ahead: str, behind: str) -> str:
@@ -180,6 +180,7 @@ def write_report(run_dir: str | Path, *, split: str = "test", wise_method: str |
     taus, acc, macs = early_exit_curve(chosen, split, WISE)
     scale, unit = macs_unit(macs.max())
     sweep_rows = [[f"{t:.10g}", _pm(*mean_std(acc[:, i])), f"{macs[:, i].mean() / scale:.3f}"] for i, t in enumerate(taus)]
+    flatness = flatness_lines(methods, backbone_folder(next(iter(chosen.dirs.values()))), out)
     lines = [
         f"# PKD and WISE on {run_dir}", "",
         "## Conclusions", "", *[f"- {c}" for c in conclusions(comparisons, chosen, split)], "",
@@ -192,7 +193,7 @@ def write_report(run_dir: str | Path, *, split: str = "test", wise_method: str |
           for m in methods], "",
         "## Definitions", "", *DEFINITIONS, "",
         "## The gate", "", *_gate_lines(methods), "",
-        "## Differences with intervals", "", _table(COMPARISON_HEADER, comparison_rows(comparisons)), "",
+        "## Differences with intervals", "", markdown_table(COMPARISON_HEADER, comparison_rows(comparisons)), "",
         "## Main table", "",
         f"Each exit alone per method; `{chosen.name}`'s WISE and no-scaling ensembles at every exit; the cost per "
         f"video of reaching the exit (segments R/MV/I {segments_label(first['default_segments'])}); "
@@ -201,13 +202,14 @@ def write_report(run_dir: str | Path, *, split: str = "test", wise_method: str |
         "## Internal classifiers", "", "![per-IC accuracy](ic_accuracy.png)", "",
         "## WISE and its ablations", "", "![WISE](wise.png)", "",
         f"Weights of the last exit's vector w^(12) in `{chosen.name}` (CoViAR's fusion uses 1 : 1 : 2 on R4, MV4, I4):",
-        "", _table(list(EXIT_NAMES), [[_pm(mu, sd, scale=1, digits=2) for mu, sd in zip(*final_w, strict=True)]]), "",
+        "", markdown_table(list(EXIT_NAMES), [[_pm(mu, sd, scale=1, digits=2) for mu, sd in zip(*final_w, strict=True)]]), "",
+        *(["## Flatness", "", *flatness] if flatness else []),
         "## Accuracy against cost", "", "![trade-off](tradeoff.png)", "",
         f"The cost axis is {unit} per video, measured. The released code's plots put a total over all test "
         "videos (and, for UCF-101, its three splits) on theirs: multiply ours by the number of test videos to "
         "compare.", "",
         f"{unit} per video. WISE early exit of `{chosen.name}` at segments {segments_label(first['default_segments'])}:",
-        "", _table(["tau", "top-1 (%)", unit], sweep_rows), "",
+        "", markdown_table(["tau", "top-1 (%)", unit], sweep_rows), "",
     ]
     (out / "report.md").write_text("\n".join(lines))
     return table
