@@ -4,8 +4,8 @@ Read from the sources (ast), so the check covers lazy imports inside functions t
 cvpipe's extractor face -> datasets -> shards -> (the trainer) data -> models -> train ->
 analysis, each command line on top. A module may import its own stage and earlier ones,
 never a later one; `trainer.config`, which every stage of the trainer reads, may import
-only the name lists it checks values against. The trainer imports nothing of cvpipe but
-the shard format (schema, codec, listing). No circle of module-level imports.
+only the name lists it checks values against and its TOML loader (trainer.typed_toml).
+The trainer imports nothing of cvpipe but the shard format (schema, codec, listing). No circle of module-level imports.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ STAGES = {
     "trainer.cli": 9,
 }
 CONFIG = "trainer.config"
-CONFIG_MAY_IMPORT = {"trainer.data.contract", "trainer.models.networks", "trainer.models.resnet", "trainer.train.pkd"}
+CONFIG_MAY_IMPORT = {"trainer.typed_toml", "trainer.data.contract", "trainer.models.networks", "trainer.models.resnet",
+                     "trainer.train.pkd"}
 TRAINER_MAY_IMPORT_FROM_CVPIPE = {"cvpipe", "cvpipe.shards", "cvpipe.shards.schema", "cvpipe.shards.codec",
                                   "cvpipe.shards.listing"}
 

@@ -19,7 +19,8 @@ from trainer.analysis.wise import (
     variant_weights,
 )
 from trainer.config import WiseConfig
-from trainer.models.exits import ICNet
+from trainer.models.build import attach_ics
+from trainer.models.networks import ModalityNet
 
 
 def informative_logits(n: int = 400, k: int = 5, exits: int = 4, good: int = 2, seed: int = 0):
@@ -130,7 +131,7 @@ def test_cost_accounting_over_networks_and_segments():
 
 
 def test_measured_macs_of_resnet18_and_its_ics():
-    net = ICNet.build("residual", "resnet18", num_classes=101)
+    net = attach_ics(ModalityNet("residual", "resnet18", num_classes=101))
     costs = net.exit_costs(224)
     # torchvision lists 1.81 GMACs for ResNet-18 at 224 x 224 (its fc has 1000 classes, ours 101)
     assert costs.backbone / 1e9 == pytest.approx(1.82, rel=0.012)

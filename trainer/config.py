@@ -1,9 +1,10 @@
 """Typed training configuration, read from TOML.
 
 A config file has the sections [model], [data], [optim] and [run] (the dataclasses
-below), and for the paper's stages [ic] (internal-classifier training) and [wise]
-(logits, WISE, early exit). Loading is strict: an unknown key, a missing required key, a value of the wrong
-type or outside its valid set is a `ConfigError` naming the key. `--set a.b=c` overrides
+below), [team] for TEAM-Net, and for the paper's stages [ic] (internal-classifier
+training) and [wise] (logits, WISE, early exit). Loading is strict (trainer.typed_toml):
+an unknown key, a missing required key, a value of the wrong type or outside its valid
+set is a `ConfigError` naming the key. `--set a.b=c` overrides
 are applied before that check, with values read as TOML (`c` may be a number, a list,
 `true`; text that is not TOML, such as a path, is taken as a string). The resolved config
 is written back as TOML into the run directory, and reads back equal.
@@ -13,12 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import tomllib
 
@@ -26,71 +25,77 @@ from trainer.data.contract import MODALITIES
 from trainer.models.networks import CONV1_INITS
 from trainer.models.resnet import ARCHS
 from trainer.train.pkd import SELF, TeacherSchedule
+from trainer.typed_toml import ConfigError, apply_override, at_least, build, choices, in_range, items_in, to_toml
 
 BUNDLED = Path(__file__).parent / "configs"
 
 
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema; the message names the key."""
-
-
-def _choices(*values: object) -> dict:
-    return {"choices": values}
-
-
-def _in_range(low: float | None = None, high: float | None = None, above: bool = False) -> dict:
-    """The value (every item of a list value) must be at least `low` (above it with
-    `above`) and at most `high`."""
-    return {"range": (low, high, above)}
-
-
-def _at_least(minimum: float) -> dict:
-    return _in_range(minimum)
-
-
-def _items_in(*values: object) -> dict:
-    """Every item of a list value must be one of `values`."""
-    return {"item_choices": values}
+BACKBONES = ("coviar", "teamnet")
 
 
 @dataclass
 class ModelConfig:
-    modality: str = field(metadata=_choices(*MODALITIES))
+    # The input of a CoViAR network; TEAM-Net reads all three (its crops are this modality's).
+    modality: str = field(metadata=choices(*MODALITIES))
+    # "coviar": one network per modality (trainer.models.networks); "teamnet": the three
+    # streams fused in one network (trainer.models.teamnet, configured by [team]).
+    backbone: str = field(default="coviar", metadata=choices(*BACKBONES))
     # Or a table by network (`arch = {iframe = "resnet50", mv = "resnet18", residual = "resnet18"}`),
     # so one config serves the three networks; see PER_MODALITY.
-    arch: str = field(default="resnet18", metadata=_choices(*ARCHS))
-    width: int = field(default=64, metadata=_at_least(1))  # 64 = the published ResNets
+    arch: str = field(default="resnet18", metadata=choices(*ARCHS))
+    width: int = field(default=64, metadata=at_least(1))  # 64 = the published ResNets
     pretrained: str = ""  # torchvision-layout checkpoint file; "" = random initialisation
-    conv1_init: str = field(default="random", metadata=_choices(*CONV1_INITS))  # MV conv1 from RGB weights
+    conv1_init: str = field(default="random", metadata=choices(*CONV1_INITS))  # MV conv1 from RGB weights
+
+
+@dataclass
+class StreamArchs:
+    iframe: str = field(default="resnet50", metadata=choices(*ARCHS))
+    mv: str = field(default="resnet18", metadata=choices(*ARCHS))
+    residual: str = field(default="resnet18", metadata=choices(*ARCHS))
+
+
+@dataclass
+class TeamConfig:
+    """TEAM-Net (model.backbone = "teamnet"): the streams' ResNets (model.width wide) and
+    their TEAM fusion modules."""
+
+    arch: StreamArchs = field(default_factory=StreamArchs)
+    squeeze_ratio: int = field(default=4, metadata=at_least(1))  # of the channel attention
+    dropout: float = field(default=0.5, metadata=in_range(0, 1))  # before each stream's fc
+    temporal_shift: bool = False  # TSM on every block's residual branch
+    # Stream weights to start from, "{modality}" replaced: `cvtrain fit` checkpoints of the
+    # CoViAR networks or torchvision-layout files; "" = random initialisation.
+    pretrained: str = ""
 
 
 @dataclass
 class TensorDataConfig:
     """The in-memory `tensors` source: a class-dependent pattern plus noise (tests, benchmarks)."""
 
-    num_classes: int = field(default=4, metadata=_at_least(2))
-    train_videos: int = field(default=64, metadata=_at_least(1))
-    val_videos: int = field(default=16, metadata=_at_least(1))
-    test_videos: int = field(default=16, metadata=_at_least(1))
-    noise: float = field(default=1.0, metadata=_at_least(0))
+    num_classes: int = field(default=4, metadata=at_least(2))
+    train_videos: int = field(default=64, metadata=at_least(1))
+    val_videos: int = field(default=16, metadata=at_least(1))
+    test_videos: int = field(default=16, metadata=at_least(1))
+    noise: float = field(default=1.0, metadata=at_least(0))
 
 
 @dataclass
 class DataConfig:
-    source: str = field(default="shards", metadata=_choices("shards", "tensors"))
+    source: str = field(default="shards", metadata=choices("shards", "tensors"))
     root: str = ""  # folder with the shards and their manifest.json
-    num_segments: int = field(default=3, metadata=_at_least(1))  # TSN segments in training
-    eval_segments: int = field(default=3, metadata=_at_least(1))  # segments per video in evaluation
-    input_size: int = field(default=224, metadata=_at_least(16))
-    workers: int = field(default=-1, metadata=_at_least(-1))  # data-loader processes per rank; -1 = one per core
+    num_segments: int = field(default=3, metadata=at_least(1))  # TSN segments in training
+    eval_segments: int = field(default=3, metadata=at_least(1))  # segments per video in evaluation
+    input_size: int = field(default=224, metadata=at_least(16))
+    workers: int = field(default=-1, metadata=at_least(-1))  # data-loader processes per rank; -1 = one per core
     # training crop scales, fractions of the shorter side; [] = CoViAR's per modality
-    crop_scales: list[float] = field(default_factory=list, metadata=_in_range(0, 1, above=True))
-    test_crops: int = field(default=1, metadata=_choices(1, 10))  # centre crop, or the ten-crop view
+    crop_scales: list[float] = field(default_factory=list, metadata=in_range(0, 1, above=True))
+    test_crops: int = field(default=1, metadata=choices(1, 10))  # centre crop, or the ten-crop view
     flip: bool = True  # random horizontal flips in training (off where direction is the label)
     # "index": local tars, read headers then only the sampled members; "stream": every
     # byte in order, as WebDataset reads pipes and object stores
-    read: str = field(default="index", metadata=_choices("index", "stream"))
-    shuffle_buffer: int = field(default=256, metadata=_at_least(0))  # training videos shuffled across shards
+    read: str = field(default="index", metadata=choices("index", "stream"))
+    shuffle_buffer: int = field(default=256, metadata=at_least(0))  # training videos shuffled across shards
     tensors: TensorDataConfig = field(default_factory=TensorDataConfig)
 
 
@@ -98,28 +103,28 @@ class DataConfig:
 class OptimConfig:
     """Adam with CoViAR's step schedule and per-layer learning-rate multipliers."""
 
-    lr: float = field(metadata=_at_least(0))  # or a table by network, as model.arch
-    epochs: int = field(metadata=_at_least(1))
-    batch_size: int = field(metadata=_at_least(1))  # videos per step over all ranks
-    lr_steps: list[int] = field(default_factory=list, metadata=_at_least(0))  # epochs where lr is multiplied by lr_decay
-    lr_decay: float = field(default=0.1, metadata=_in_range(0, 1, above=True))
-    weight_decay: float = field(default=1e-4, metadata=_at_least(0))
-    eps: float = field(default=1e-3, metadata=_at_least(0))
-    lr_mult_stem: float = field(default=0.1, metadata=_at_least(0))  # conv1, bn1, data_bn of the MV and residual nets
-    lr_mult_body: float = field(default=0.01, metadata=_at_least(0))
-    lr_mult_fc: float = field(default=1.0, metadata=_at_least(0))
+    lr: float = field(metadata=at_least(0))  # or a table by network, as model.arch
+    epochs: int = field(metadata=at_least(1))
+    batch_size: int = field(metadata=at_least(1))  # videos per step over all ranks
+    lr_steps: list[int] = field(default_factory=list, metadata=at_least(0))  # epochs where lr is multiplied by lr_decay
+    lr_decay: float = field(default=0.1, metadata=in_range(0, 1, above=True))
+    weight_decay: float = field(default=1e-4, metadata=at_least(0))
+    eps: float = field(default=1e-3, metadata=at_least(0))
+    lr_mult_stem: float = field(default=0.1, metadata=at_least(0))  # conv1, bn1, data_bn of the MV and residual nets
+    lr_mult_body: float = field(default=0.01, metadata=at_least(0))
+    lr_mult_fc: float = field(default=1.0, metadata=at_least(0))
     decay_norm: bool = True  # CoViAR decays BatchNorm weights (never biases)
 
 
 @dataclass
 class RunConfig:
-    dir: str  # "{modality}" is replaced by model.modality
+    dir: str  # "{modality}" is replaced by model.modality, "{method}" by ic.method
     seed: int = 0
-    eval_every: int = field(default=1, metadata=_at_least(1))  # validate every N epochs (and the last)
-    save_every: int = field(default=0, metadata=_at_least(0))  # keep a checkpoint every N epochs; 0 = never
+    eval_every: int = field(default=1, metadata=at_least(1))  # validate every N epochs (and the last)
+    save_every: int = field(default=0, metadata=at_least(0))  # keep a checkpoint every N epochs; 0 = never
     resume: bool = True  # continue from DIR/last.pt when it exists
     force_resume: bool = False  # continue it even under a config that differs in what shapes results
-    device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
+    device: str = field(default="auto", metadata=choices("auto", "cpu", "cuda"))
     amp: bool = True  # bf16 autocast on CUDA
     channels_last: bool = True  # on CUDA
     compile: bool = False  # torch.compile the training model
@@ -135,16 +140,16 @@ class ICConfig:
     are frozen (eval mode, no gradients) and only the three ICs of model.modality's
     network train, on labels ("ce") or on a teacher's soft targets ("pkd")."""
 
-    method: str = field(default="ce", metadata=_choices("ce", "pkd"))
+    method: str = field(default="ce", metadata=choices("ce", "pkd"))
     # Trained backbone checkpoints, "{modality}" replaced: the student's and the teachers'.
     backbones: str = ""
     # PKD's teacher schedule: the teacher of each phase, and the epochs (0-based) where
     # the next phase begins. The paper: MV, residual, the student's own network, switching
     # at 50 and 100 of 300 epochs; its ablations: ["self", "residual", "mv"], ["iframe"].
-    teachers: list[str] = field(default_factory=lambda: ["mv", "residual", "self"], metadata=_items_in(*TEACHERS))
+    teachers: list[str] = field(default_factory=lambda: ["mv", "residual", "self"], metadata=items_in(*TEACHERS))
     teacher_epochs: list[int] = field(default_factory=lambda: [50, 100])
-    temperature: float = field(default=1.0, metadata=_at_least(1e-3))
-    label_weight: float = field(default=0.0, metadata=_at_least(0))  # weight of a cross-entropy on labels (PKD)
+    temperature: float = field(default=1.0, metadata=at_least(1e-3))
+    label_weight: float = field(default=0.0, metadata=at_least(0))  # weight of a cross-entropy on labels (PKD)
 
     def __post_init__(self) -> None:
         try:
@@ -173,15 +178,15 @@ class WiseConfig:
     """WISE (REFERENCE.md section 1): one weight vector per exit over every exit up to
     it, fit on training logits by full-batch SGD; early exit at a confidence threshold."""
 
-    lr: float = field(default=0.1, metadata=_at_least(0))
-    iterations: int = field(default=500, metadata=_at_least(1))
-    alpha: float = field(default=0.1, metadata=_at_least(0))  # L1 weight (the TEAM-Net variant: 0.01)
+    lr: float = field(default=0.1, metadata=at_least(0))
+    iterations: int = field(default=500, metadata=at_least(1))
+    alpha: float = field(default=0.1, metadata=at_least(0))  # L1 weight (the TEAM-Net variant: 0.01)
     # The first vectors (counting R1's, which keeps its raw logits) are fit without the L1
     # term: the authors' five, up to the one ending at MV1.
-    unpenalised: int = field(default=5, metadata=_at_least(0))
-    clip_negative: bool = False  # clip negative weights to zero after each step (TEAM-Net variant)
+    unpenalised: int = field(default=5, metadata=at_least(0))
+    clip_negative: bool = False  # negative weights set to zero once, after fitting (TEAM-Net variant)
     taus: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999,
-                                                       0.99999, 0.9999999, 1.0], metadata=_in_range(0, 1))
+                                                       0.99999, 0.9999999, 1.0], metadata=in_range(0, 1))
     segments: SegmentCounts = field(default_factory=SegmentCounts)
 
 
@@ -191,113 +196,17 @@ class Config:
     optim: OptimConfig
     run: RunConfig
     data: DataConfig = field(default_factory=DataConfig)
+    team: TeamConfig = field(default_factory=TeamConfig)
     ic: ICConfig = field(default_factory=ICConfig)
     wise: WiseConfig = field(default_factory=WiseConfig)
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.run.dir.replace("{modality}", self.model.modality))
+        return Path(self.run.dir.replace("{modality}", self.model.modality).replace("{method}", self.ic.method))
 
 
 # ----------------------------------------------------------------------------------- loading
 
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """`value` checked against the annotation `tp` (bool is never an int; an int is a float)."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table, got {value!r}")
-        return _build(tp, value, key)
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list of {_type_name(item)}, got {value!r}")
-        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and type(value) is float and not math.isfinite(value):
-        raise ConfigError(f"{key}: {value!r} is not a finite number")
-    if tp in (bool, int, float, str) and type(value) is tp:
-        return value
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-
-
-def _build(cls: type, data: dict, prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for name in data:
-        if name not in fields:
-            raise ConfigError(f"unknown key {prefix}{'.' if prefix else ''}{name}; valid in "
-                              f"[{prefix or 'top level'}]: {', '.join(fields)}")
-    values = {}
-    for name, f in fields.items():
-        key = f"{prefix}.{name}" if prefix else name
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"missing required key {key}")
-            continue
-        value = _convert(data[name], hints[name], key)
-        choices = f.metadata.get("choices")
-        if choices is not None and value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
-        items = f.metadata.get("item_choices")
-        bad = [v for v in value if v not in items] if items is not None else []
-        if bad:
-            raise ConfigError(f"{key}: {bad[0]!r} is not one of {', '.join(map(str, items))}")
-        _check_range(key, value, f.metadata.get("range"))
-        values[name] = value
-    return cls(**values)
-
-
-def _check_range(key: str, value: Any, bounds: tuple | None) -> None:
-    if bounds is None:
-        return
-    low, high, above = bounds
-    for i, v in enumerate(value if isinstance(value, list) else [value]):
-        where = f"{key}[{i}]" if isinstance(value, list) else key
-        if low is not None and (v < low or (above and v == low)):
-            raise ConfigError(f"{where}: {v!r} must be {'above' if above else 'at least'} {low}")
-        if high is not None and v > high:
-            raise ConfigError(f"{where}: {v!r} must be at most {high}")
-
-
-def _field_type(path: list[str]) -> Any:
-    """The annotation at a dotted path of `Config`, or None where the path is not in the schema."""
-    tp: Any = Config
-    for name in path:
-        if not dataclasses.is_dataclass(tp):
-            return None
-        hints = typing.get_type_hints(tp)
-        if name not in hints:
-            return None
-        tp = hints[name]
-    return tp
-
-
-def apply_override(data: dict, assignment: str) -> None:
-    """Applies one `a.b.c=value` to the raw TOML dict `data`."""
-    key, sep, text = assignment.partition("=")
-    path = key.strip().split(".")
-    if not sep or not all(path):
-        raise ConfigError(f"override {assignment!r}: expected KEY=VALUE with a dotted KEY such as optim.lr=0.01")
-    if _field_type(path) is str:
-        value: Any = text
-    else:
-        try:
-            value = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = text
-    table = data
-    for name in path[:-1]:
-        table = table.setdefault(name, {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"override {assignment!r}: {name} is not a table")
-    table[path[-1]] = value
 
 
 def resolve_path(name: str | os.PathLike) -> Path:
@@ -336,9 +245,9 @@ def _pick_modality_values(data: dict) -> None:
 def from_dict(data: dict, overrides: typing.Sequence[str] = ()) -> Config:
     data = json.loads(json.dumps(data))  # a deep copy the overrides may change
     for assignment in overrides:
-        apply_override(data, assignment)
+        apply_override(Config, data, assignment)
     _pick_modality_values(data)
-    return _build(Config, data, "")
+    return build(Config, data)
 
 
 def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Config:
@@ -356,36 +265,6 @@ def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -
 
 
 # ----------------------------------------------------------------------------------- writing
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string: JSON's escapes are TOML's
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
-def _toml_table(data: dict, name: str, lines: list[str]) -> None:
-    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    if name and scalars:
-        lines.append(f"[{name}]")
-    lines += [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
-    if scalars:
-        lines.append("")
-    for key, table in data.items():
-        if isinstance(table, dict):
-            _toml_table(table, f"{name}.{key}" if name else key, lines)
-
-
-def to_toml(config: Config) -> str:
-    lines: list[str] = []
-    _toml_table(dataclasses.asdict(config), "", lines)
-    return "\n".join(lines)
 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:

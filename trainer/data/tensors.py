@@ -9,14 +9,14 @@ over ranks (video i belongs to rank i % world_size).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.data.contract import INPUT_CHANNELS, SPLITS, Batch, per_rank_batch, steps_per_epoch
+from trainer.data.contract import INPUT_CHANNELS, MODALITIES, SPLITS, Batch, per_rank_batch, steps_per_epoch
 
 if TYPE_CHECKING:
     from trainer.config import Config
@@ -33,7 +33,10 @@ def _generator(*key: int) -> torch.Generator:
 
 
 class TensorData:
-    def __init__(self, cfg: Config, *, rank: int, world_size: int) -> None:
+    """Batches hold `cfg.model.modality` as "input"; with more `modalities` (TEAM-Net reads
+    all three) also "inputs", each modality with its own class patterns and noise."""
+
+    def __init__(self, cfg: Config, *, rank: int, world_size: int, modalities: Sequence[str] = ()) -> None:
         t = cfg.data.tensors
         self.num_classes = t.num_classes
         self.class_names = [f"class{k}" for k in range(t.num_classes)]
@@ -44,10 +47,14 @@ class TensorData:
         self.segments = {"train": cfg.data.num_segments, "val": cfg.data.eval_segments, "test": cfg.data.eval_segments}
         self.sizes = {"train": t.train_videos, "val": t.val_videos, "test": t.test_videos}
         self.steps_per_epoch = steps_per_epoch(t.train_videos, cfg)
-        channels = INPUT_CHANNELS[cfg.model.modality]
-        coarse = torch.randn(t.num_classes, channels, 4, 4, generator=_generator(DATA_SEED))
+        self.modalities = (cfg.model.modality,) + tuple(m for m in modalities if m != cfg.model.modality)
         size = cfg.data.input_size
-        self.patterns = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+        self.patterns = {}
+        for i, m in enumerate(self.modalities):
+            # The student's patterns are the one-modality source's, whatever else is asked for.
+            key = (DATA_SEED,) if i == 0 else (DATA_SEED, MODALITIES.index(m) + 1)
+            coarse = torch.randn(t.num_classes, INPUT_CHANNELS[m], 4, 4, generator=_generator(*key))
+            self.patterns[m] = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
 
     def split_size(self, split: str) -> int:
         return self.sizes[split]
@@ -57,11 +64,16 @@ class TensorData:
 
     def _batch(self, split: str, indices: list[int], generators: list[torch.Generator]) -> Batch:
         labels = torch.tensor([i % self.num_classes for i in indices], dtype=torch.int64)
-        clean = self.patterns[labels]  # (B, C, H, W)
-        shape = (self.segments[split], *clean.shape[1:])
-        noise = torch.stack([torch.randn(shape, generator=g) for g in generators])  # (B, S, C, H, W)
-        return Batch(input=clean.unsqueeze(1) + noise * self.noise, label=labels,
-                     id=[f"{split}_{i:05d}" for i in indices])
+        inputs = {}
+        for m in self.modalities:
+            clean = self.patterns[m][labels]  # (B, C, H, W)
+            shape = (self.segments[split], *clean.shape[1:])
+            noise = torch.stack([torch.randn(shape, generator=g) for g in generators])  # (B, S, C, H, W)
+            inputs[m] = clean.unsqueeze(1) + noise * self.noise
+        batch = Batch(input=inputs[self.modalities[0]], label=labels, id=[f"{split}_{i:05d}" for i in indices])
+        if len(self.modalities) > 1:
+            batch["inputs"] = inputs
+        return batch
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         mine = self._mine("train")

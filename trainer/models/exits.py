@@ -31,10 +31,13 @@ def freeze(module: nn.Module) -> nn.Module:
 @dataclass(frozen=True)
 class ExitCosts:
     """Multiply-accumulates of one segment through one network, measured by running its
-    modules: backbone stages (stem, layer1, layer2, layer3, layer4 + pool + fc) and IC heads."""
+    modules: backbone stages (stem, layer1, layer2, layer3, layer4 + pool + fc) and IC heads.
+    IC1 reads the output of stage `first_ic_after` (layer1 in a CoViAR network; TEAM-Net's
+    first IC reads the module after the stem), each later IC the next stage's."""
 
     stages: tuple[int, ...]
     heads: tuple[int, ...]
+    first_ic_after: int = 1
 
     @property
     def backbone(self) -> int:
@@ -45,7 +48,7 @@ class ExitCosts:
         the stages it needs and every IC evaluated on the way (all three for the fc exit)."""
         if j == len(self.heads):
             return self.backbone + sum(self.heads)
-        return sum(self.stages[:j + 2]) + sum(self.heads[:j + 1])
+        return sum(self.stages[:j + self.first_ic_after + 1]) + sum(self.heads[:j + 1])
 
 
 class ICNet(nn.Module):
@@ -60,11 +63,6 @@ class ICNet(nn.Module):
         super().__init__()
         self.net = freeze(net)
         self.ics = ics
-
-    @classmethod
-    def build(cls, modality: str, arch: str, num_classes: int, width: int = 64) -> ICNet:
-        """An untrained one of the shape `model_args` describes (to load a checkpoint into)."""
-        return cls(ModalityNet(modality, arch, num_classes, width), InternalClassifiers(arch, num_classes, width))
 
     def train(self, mode: bool = True) -> ICNet:
         super().train(mode)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from trainer.data.contract import INPUT_CHANNELS, MODALITIES
+from trainer.data.contract import INPUT_CHANNELS, MODALITIES, Batch
 from trainer.models.resnet import Exits, ResNet
 
 CONV1_INITS = ("random", "rgb_mean")
@@ -53,6 +53,14 @@ class ModalityNet(nn.Module):
         if self.data_bn is not None:
             x = self.data_bn(x)
         return self.backbone.forward_exits(x)
+
+    def read(self, batch: Batch, device: torch.device) -> Tensor:
+        """The input this network takes from a batch: its modality's, (B, S, C, H, W)."""
+        return batch["input"].to(device, non_blocking=True)
+
+    def final_logits(self, exits: Exits, segments: int) -> Tensor:
+        """The network's own output from `forward_exits`, averaged over segments in float32: (B, K)."""
+        return exits.logits.float().unflatten(0, (-1, segments)).mean(1)
 
     def forward(self, x: Tensor, average: bool = True) -> Tensor:
         """x: (B, S, C, H, W) -> logits (B, K), or (B, S, K) per segment when not `average`."""

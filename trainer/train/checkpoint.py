@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainer.models.build import build_ic_network, build_network
 from trainer.models.exits import ICNet, freeze
 from trainer.models.networks import ModalityNet
+from trainer.models.teamnet import TeamICNet, TeamNet
 
 FORMAT = 1
 
@@ -69,20 +71,25 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def load_backbone(path: str | Path, device: torch.device | str = "cpu") -> ModalityNet:
-    """A trained modality network from a `cvtrain fit` checkpoint (best.pt), frozen."""
+def load_network(path: str | Path) -> tuple[ModalityNet | TeamNet, dict[str, Any]]:
+    """The trained network of a `cvtrain fit` checkpoint and the arguments it was built with."""
     state = load(path)
     if "model_args" not in state:
         raise ValueError(f"{path}: not a checkpoint of `cvtrain fit` (no model_args)")
-    net = ModalityNet(**state["model_args"])
+    net = build_network(state["model_args"])
     net.load_state_dict(state["model"])
-    return freeze(net.to(device))
+    return net, state["model_args"]
 
 
-def load_ic_run(run_dir: str | Path, device: torch.device | str = "cpu", which: str = "best") -> ICNet:
+def load_backbone(path: str | Path, device: torch.device | str = "cpu") -> ModalityNet | TeamNet:
+    """A trained network from a `cvtrain fit` checkpoint (best.pt), frozen."""
+    return freeze(load_network(path)[0].to(device))
+
+
+def load_ic_run(run_dir: str | Path, device: torch.device | str = "cpu", which: str = "best") -> ICNet | TeamICNet:
     """The network and ICs of a `cvtrain ic` run, from its best.pt (each IC at its best
     validation epoch) or last.pt."""
     state = load(Path(run_dir) / f"{which}.pt")
-    model = ICNet.build(**state["model_args"])
+    model = build_ic_network(state["model_args"])
     model.load_state_dict(state["model"])
     return model.to(device).eval()

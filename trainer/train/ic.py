@@ -9,6 +9,10 @@ trained backbones, frozen, run under no_grad outside DDP; "self" is the student'
 backbone, whose final logits come from the same forward pass. Each IC is selected on
 the validation split by its own top-1 (never on test), so best.pt holds every IC at its
 own best epoch (and the unchanged backbone).
+
+With model.backbone = "teamnet" the frozen network is TEAM-Net (trainer.models.teamnet)
+and the ICs its three shared ones; its teachers are its own heads ("mv", "residual",
+"iframe") and "self" its fused output, all from the student's forward pass.
 """
 
 from __future__ import annotations
@@ -21,15 +25,15 @@ import torch
 from torch import Tensor, nn
 
 from trainer.config import Config, ConfigError
-from trainer.data.contract import Batch, DataModule
+from trainer.data.contract import MODALITIES, Batch, DataModule
 from trainer.data.sources import open_data
-from trainer.models.exits import EXITS, IC_EXITS, ICNet
-from trainer.models.heads import InternalClassifiers
+from trainer.models.build import CONFIG_KEYS, TEAMNET, attach_ics, backbone_of, network_args
+from trainer.models.exits import EXITS, IC_EXITS
 from trainer.train import distributed
-from trainer.train.checkpoint import load_backbone
+from trainer.train.checkpoint import load_backbone, load_network
 from trainer.train.distributed import Dist
 from trainer.train.loop import seed_everything, train
-from trainer.train.pkd import TeacherSchedule, ic_loss
+from trainer.train.pkd import SELF, TeacherSchedule, ic_loss
 from trainer.train.validate import evaluate_exits
 
 
@@ -72,10 +76,17 @@ class TeacherData:
         return self._loader(()).split_size(split)
 
 
+def _teamnet(cfg: Config) -> bool:
+    return cfg.model.backbone == TEAMNET
+
+
 def _schedule(cfg: Config) -> TeacherSchedule | None:
     if cfg.ic.method != "pkd":
         return None
-    schedule = TeacherSchedule.of(cfg.ic.teachers, cfg.ic.teacher_epochs, cfg.model.modality)
+    # TEAM-Net's teachers are its own heads, "self" its fused output; a CoViAR network's
+    # are the other networks, "self" the student network.
+    student = SELF if _teamnet(cfg) else cfg.model.modality
+    schedule = TeacherSchedule.of(cfg.ic.teachers, cfg.ic.teacher_epochs, student)
     late = [e for e in schedule.switch_epochs if e >= cfg.optim.epochs]
     if late:
         raise ConfigError(f"ic.teacher_epochs: the phase starting at epoch {late[0]} never runs in "
@@ -87,6 +98,8 @@ def open_ic_data(cfg: Config, dist: Dist) -> DataModule:
     """The data module IC training reads: the shard reader with teacher inputs, or the
     in-memory source when the schedule needs no other network's input."""
     schedule = _schedule(cfg)
+    if _teamnet(cfg):  # its teachers are its own heads: every batch carries the three inputs anyway
+        return open_data(cfg, rank=dist.rank, world_size=dist.world_size, device=dist.device, modalities=MODALITIES)
     if cfg.data.source == "shards":
         return TeacherData(cfg, dist, schedule)
     others = [m for m in (schedule.modalities() if schedule else ()) if m != cfg.model.modality]
@@ -97,28 +110,29 @@ def open_ic_data(cfg: Config, dist: Dist) -> DataModule:
 
 
 class ICTask:
-    """The three ICs of one frozen network (a `trainer.train.loop.Task`)."""
+    """The three ICs of one frozen network (a `trainer.train.loop.Task`): a CoViAR
+    network's, or TEAM-Net's shared ones."""
 
     exits = IC_EXITS
 
     def __init__(self, cfg: Config, dist: Dist, num_classes: int) -> None:
         self.cfg, self.dist = cfg, dist
-        modality = cfg.model.modality
-        path = backbone_path(cfg, modality)
-        net = load_backbone(path, dist.device)
-        found = {"modality": net.modality, "arch": net.backbone.arch, "width": net.backbone.conv1.out_channels,
-                 "num_classes": net.num_classes}
-        expected = {"modality": modality, "arch": cfg.model.arch, "width": cfg.model.width, "num_classes": num_classes}
+        path = backbone_path(cfg, cfg.model.modality)
+        net, found = load_network(path)
+        expected = network_args(cfg, num_classes)
+        if backbone_of(found) != cfg.model.backbone:
+            raise ConfigError(f"ic.backbones: {path} is a {backbone_of(found)} network, the config says "
+                              f"model.backbone = {cfg.model.backbone!r}")
         for key, value in expected.items():
-            if found[key] != value:
-                where = "the data have" if key == "num_classes" else f"the config says model.{key} ="
-                raise ConfigError(f"ic.backbones: {path} has {key} {found[key]!r}, {where} {value!r}")
-        self.model = ICNet(net, InternalClassifiers(cfg.model.arch, num_classes, cfg.model.width)).to(dist.device)
-        self.model_args = {"modality": modality, "arch": cfg.model.arch, "num_classes": num_classes,
-                           "width": cfg.model.width}
+            if found.get(key) != value:
+                where = "the data have" if key == "num_classes" else f"the config says {CONFIG_KEYS[key]} ="
+                raise ConfigError(f"ic.backbones: {path} has {key} {found.get(key)!r}, {where} {value!r}")
+        self.model = attach_ics(net).to(dist.device)
+        self.model_args = found
         self.schedule = _schedule(cfg)
+        own = (*MODALITIES, SELF) if _teamnet(cfg) else (cfg.model.modality,)
         self.teachers = {m: load_backbone(backbone_path(cfg, m), dist.device)
-                         for m in (self.schedule.modalities() if self.schedule else ()) if m != modality}
+                         for m in (self.schedule.modalities() if self.schedule else ()) if m not in own}
         for m, teacher in self.teachers.items():
             if teacher.num_classes != num_classes:
                 raise ConfigError(f"ic.backbones: the {m} teacher has {teacher.num_classes} classes, "
@@ -150,12 +164,17 @@ class ICTask:
     def epoch_info(self, epoch: int) -> dict[str, Any]:
         return {"teacher": self.schedule.teacher(epoch)} if self.schedule else {}
 
-    def _teacher_logits(self, batch: Batch, epoch: int, exits_logits: Tensor) -> Tensor | None:
+    def _teacher_logits(self, batch: Batch, epoch: int, exits: Any, segments: int) -> Tensor | None:
         if self.schedule is None:
             return None
         teacher = self.schedule.teacher(epoch)
+        net = self.model.net
+        # TEAM-Net's output or one of its heads, or the student's own network: the same forward pass.
+        if _teamnet(self.cfg):
+            return (net.final_logits(exits, segments) if teacher == SELF
+                    else net.head_logits(exits, segments)[teacher]).float()
         if teacher == self.cfg.model.modality:
-            return exits_logits  # the student's own backbone: the same forward pass
+            return net.final_logits(exits, segments).float()
         inputs = batch.get("inputs", {})
         if teacher not in inputs:
             raise KeyError(f"the {teacher} teacher needs the {teacher} input; the batch holds "
@@ -165,14 +184,14 @@ class ICTask:
             return self.teachers[teacher](x).float()
 
     def loss(self, train_model: nn.Module, batch: Batch, epoch: int) -> tuple[Tensor, Tensor]:
-        x = batch["input"].to(self.dist.device, non_blocking=True)  # (B, S, C, H, W)
+        x = self.model.net.read(batch, self.dist.device)  # (B, S, C, H, W), or TEAM-Net's three
         y = batch["label"].to(self.dist.device, non_blocking=True)
+        segments = batch["input"].shape[1]
         with torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.amp):
             with torch.no_grad():
                 exits = self.model.net.forward_exits(x)  # frozen features, no graph
-            logits = train_model(exits, x.shape[1])  # (B, 3, K)
-        final = exits.logits.unflatten(0, x.shape[:2]).float().mean(1)  # (B, K) the student's own fc
-        teacher = self._teacher_logits(batch, epoch, final)
+            logits = train_model(exits, segments)  # (B, 3, K)
+            teacher = self._teacher_logits(batch, epoch, exits, segments)
         loss = ic_loss(logits, y, teacher, temperature=self.cfg.ic.temperature, label_weight=self.cfg.ic.label_weight)
         return loss, logits
 

@@ -40,7 +40,8 @@ from tqdm import tqdm
 from trainer.config import Config, save_config
 from trainer.data.contract import Batch, DataModule, report_skipped, require_split
 from trainer.data.sources import open_data
-from trainer.models.networks import ModalityNet, load_pretrained
+from trainer.models.build import TEAMNET, build_network, input_modalities, network_args, network_name
+from trainer.models.networks import load_pretrained
 from trainer.train import checkpoint, distributed
 from trainer.train.distributed import Dist
 from trainer.train.optim import lr_at, set_lr
@@ -189,21 +190,21 @@ def train_one_epoch(
 
 
 class BackboneTask:
-    """One modality network trained end to end on labels (CoViAR's recipe), selected on
-    validation top-1 as a whole."""
+    """The network cfg.model names (a CoViAR modality network, or TEAM-Net with its three
+    streams) trained end to end on labels (CoViAR's recipe), selected on validation top-1
+    as a whole."""
 
     exits = ("",)
 
     def __init__(self, cfg: Config, dist: Dist, num_classes: int) -> None:
         self.cfg, self.dist = cfg, dist
-        self.model = ModalityNet(cfg.model.modality, cfg.model.arch, num_classes, cfg.model.width)
+        self.model_args = network_args(cfg, num_classes)
+        self.model = build_network(self.model_args)
         self.cuda = dist.device.type == "cuda"
         if self.cuda and cfg.run.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.model.to(dist.device)
         self.amp = cfg.run.amp and self.cuda
-        self.model_args = {"modality": self.model.modality, "arch": cfg.model.arch, "num_classes": num_classes,
-                           "width": cfg.model.width}
         self.best: dict[str, Any] = {"epoch": -1, "top1": -1.0}
 
     def trainable(self) -> nn.Module:
@@ -215,10 +216,16 @@ class BackboneTask:
                                        lr_mult_body=o.lr_mult_body, lr_mult_fc=o.lr_mult_fc, decay_norm=o.decay_norm)
 
     def init_weights(self) -> None:
-        if self.cfg.model.pretrained:
-            report = load_pretrained(self.model, self.cfg.model.pretrained, conv1_init=self.cfg.model.conv1_init)
+        m = self.cfg.model
+        pretrained = self.cfg.team.pretrained if m.backbone == TEAMNET else m.pretrained
+        if not pretrained:
+            return
+        streams = self.model.streams.items() if m.backbone == TEAMNET else [(m.modality, self.model)]
+        for modality, net in streams:
+            path = pretrained.replace("{modality}", modality)
+            report = load_pretrained(net, path, conv1_init=m.conv1_init)
             if self.dist.is_main:
-                tqdm.write(f"pretrained {self.cfg.model.pretrained}: {report.summary()}")
+                tqdm.write(f"pretrained {path}: {report.summary()}")
 
     def train_mode(self) -> None:
         self.model.train()
@@ -227,7 +234,7 @@ class BackboneTask:
         return {}
 
     def loss(self, train_model: nn.Module, batch: Batch, epoch: int) -> tuple[Tensor, Tensor]:
-        x = batch["input"].to(self.dist.device, non_blocking=True)  # (B, S, C, H, W)
+        x = self.model.read(batch, self.dist.device)  # (B, S, C, H, W), or TEAM-Net's three
         y = batch["label"].to(self.dist.device, non_blocking=True)  # (B,)
         with torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.amp):
             logits = train_model(x)  # (B, K), averaged over segments
@@ -269,7 +276,8 @@ def fit(cfg: Config, dist: Dist | None = None, data: DataModule | None = None) -
     """
     dist = dist or distributed.setup(cfg.run.device)
     seed_everything(cfg.run.seed)
-    data = data or open_data(cfg, rank=dist.rank, world_size=dist.world_size, device=dist.device)
+    data = data or open_data(cfg, rank=dist.rank, world_size=dist.world_size, device=dist.device,
+                             modalities=input_modalities(cfg))
     return train(cfg, BackboneTask(cfg, dist, data.num_classes), data, dist)
 
 
@@ -346,7 +354,7 @@ def train(cfg: Config, task: Task, data: DataModule, dist: Dist) -> list[dict]:
             tqdm.write(_epoch_line(record, epochs, task.exits))
 
     if dist.is_main:
-        tqdm.write(f"{cfg.model.modality}: {epochs - start} epochs in {time.perf_counter() - began:.1f} s; "
+        tqdm.write(f"{network_name(cfg)}: {epochs - start} epochs in {time.perf_counter() - began:.1f} s; "
                    f"best {_best_line(task.best)}; checkpoints in {run_dir}")
     return history
 

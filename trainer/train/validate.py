@@ -3,9 +3,9 @@ the measurements analysis builds on.
 
 Each rank scores its own videos; counts are summed with one all_reduce
 (trainer.train.metrics), and ids, labels and logits gathered to rank 0 when asked, sorted
-by video id. `evaluate_model` scores one modality network; `evaluate_exits` the four
-exits of a frozen backbone with several sets of internal classifiers in one pass (IC
-validation, `cvtrain logits`).
+by video id. `evaluate_model` scores one network (a modality's, or TEAM-Net);
+`evaluate_exits` the four exits of a frozen backbone with several sets of internal
+classifiers in one pass (IC validation, `cvtrain logits`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from trainer.data.contract import Batch, report_skipped
 from trainer.models.exits import EXITS
 from trainer.models.heads import InternalClassifiers
 from trainer.models.networks import ModalityNet
+from trainer.models.teamnet import SharedICs, TeamNet
 from trainer.train import distributed
 from trainer.train.distributed import Dist
 from trainer.train.metrics import Counts
@@ -74,7 +75,7 @@ class _Videos:
 
 @torch.no_grad()
 def evaluate_model(
-    model: ModalityNet,
+    model: ModalityNet | TeamNet,
     batches: Iterable[Batch],
     num_classes: int,
     *,
@@ -103,7 +104,7 @@ def evaluate_model(
     labels, logits, clip_logits = [], [], []
     videos = _Videos(batches, dist, desc, show)
     for batch in videos:
-        x = batch["input"].to(dist.device, non_blocking=True)
+        x = model.read(batch, dist.device)
         y = batch["label"].to(dist.device, non_blocking=True)
         with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=amp):
             clips = model(x, average=False).float()  # (B, S, K)
@@ -152,8 +153,8 @@ class ExitEvaluation:
 
 @torch.no_grad()
 def evaluate_exits(
-    net: ModalityNet,
-    ic_sets: Sequence[InternalClassifiers],
+    net: ModalityNet | TeamNet,
+    ic_sets: Sequence[InternalClassifiers | SharedICs],
     batches: Iterable[Batch],
     num_classes: int,
     *,
@@ -168,7 +169,7 @@ def evaluate_exits(
     on the same frozen backbone share one pass over the data and the backbone).
 
     Args:
-        net: the frozen backbone network.
+        net: the frozen backbone network (a CoViAR network, or TEAM-Net with its shared ICs).
         ic_sets: ICs of that backbone (e.g. the CE and PKD ones of several seeds).
         batches: this rank's evaluation batches of a split.
         num_classes: classes of the logits.
@@ -187,13 +188,14 @@ def evaluate_exits(
     logits: list[list[Tensor]] = [[] for _ in ic_sets]
     videos = _Videos(batches, dist, desc, show)
     for batch in videos:
-        x = batch["input"].to(dist.device, non_blocking=True)
+        x = net.read(batch, dist.device)
         y = batch["label"].to(dist.device, non_blocking=True)
+        segments = batch["input"].shape[1]
         with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=amp):
             exits = net.forward_exits(x)
-            final = exits.logits.unflatten(0, x.shape[:2]).float().mean(1, keepdim=True)  # (B, 1, K)
+            final = net.final_logits(exits, segments).float().unsqueeze(1)  # (B, 1, K)
             for i, ics in enumerate(ic_sets):
-                scores = torch.cat([ics(exits, x.shape[1]).float(), final], 1)  # (B, 4, K)
+                scores = torch.cat([ics(exits, segments).float(), final], 1)  # (B, 4, K)
                 for e in range(len(EXITS)):
                     counts[i][e].add(scores[:, e], y)
                 if gather:
