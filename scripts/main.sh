@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job, end to end on the embedded synthetic dataset: set up; generate and encode
 # the dataset; look at what the extractor sees; shard it with a local Ray; train the
-# three CoViAR networks and evaluate them and their fusion; then the paper's pipeline
-# (internal classifiers with CE and PKD, WISE, early exit, report).
+# three CoViAR networks and TEAM-Net, and evaluate them and the CoViAR fusion; then the
+# paper's pipeline for both backbones (internal classifiers with CE and PKD, WISE, early
+# exit, flatness, report).
 #
 #   bash scripts/main.sh           10 classes x 80 videos of 24 frames (30 train, 20 val and
 #                                  30 test per class: 300 test videos), 5 IC seeds; writes
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 case "${1:-}" in
   "") quick=0 ;;
   --quick) quick=1 ;;
-  *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,15p' "$0" >&2; exit 2 ;;
 esac
 if [ "$quick" = 1 ]; then
   data=data/quick
@@ -74,11 +75,31 @@ for modality in mv residual iframe; do
   cvtrain fit --config tiny_synth --set "data.root=$data/shards" --set model.modality=$modality \
       --set "run.dir=$out/backbones/{modality}" --set run.progress=false "${fit_options[@]}"
 done
+echo "-- TEAM-Net: the three networks as its streams, fused by TEAM modules, fine-tuned together"
+cvtrain fit --config tiny_synth_teamnet --set "data.root=$data/shards" \
+    --set "team.pretrained=$out/backbones/{modality}/best.pt" --set "run.dir=$out/backbones/teamnet" \
+    --set run.progress=false "${fit_options[@]}"
 echo "-- validation: does it show real data's order, I-frame > residual > MV?"
 cvtrain eval "$out/backbones" --split val --set run.progress=false | tee "$out/backbones_val.txt"
 echo "-- test"
 cvtrain eval "$out/backbones" --set run.progress=false | tee "$out/backbones.txt"
+if [ "$quick" = 0 ]; then
+  echo "-- two more training seeds of each network (their flatness is measured over seeds)"
+  for seed in 1 2; do
+    for modality in mv residual iframe; do
+      cvtrain fit --config tiny_synth --set "data.root=$data/shards" --set model.modality=$modality \
+          --set run.seed=$seed --set "run.dir=$out/backbones/seeds/seed$seed/{modality}" --set run.progress=false \
+          | tail -n 1
+    done
+  done
+fi
 
-step "5. internal classifiers (CE, PKD), WISE, early exit and cost: the paper's pipeline"
-bash scripts/paper_pipeline.sh "$data/shards" "$out/backbones"
+step "5. TEAM-Net's shared internal classifiers (CE, PKD), their logits and WISE"
+# Three IC seeds, not five: each TEAM-Net IC run costs about the three CoViAR ones together,
+# and the main job keeps to 30 minutes.
+NETWORKS=teamnet CONFIG=tiny_synth_teamnet OUT="$out/backbones/paper_teamnet" SEEDS="${SEEDS:-0 1 2}" \
+    bash scripts/paper_pipeline.sh "$data/shards" "$out/backbones"
+
+step "6. internal classifiers (CE, PKD), WISE, early exit and cost: the paper's pipeline, TEAM-Net beside"
+TEAMNET="$out/backbones/paper_teamnet" bash scripts/paper_pipeline.sh "$data/shards" "$out/backbones"
 step "main job done: $out/"

@@ -185,7 +185,9 @@ def finish(nodes: list[subprocess.Popen]) -> list[tuple[int, str]]:
             _, err = node.communicate(timeout=TIMEOUT)
         except subprocess.TimeoutExpired:
             kill_node(node)
-            pytest.fail(f"a node did not finish in {TIMEOUT} s (a rank hung?)")
+            _, err = node.communicate()
+            pytest.fail(f"node {nodes.index(node)} did not finish in {TIMEOUT} s (a rank hung?); "
+                        f"the end of its stderr:\n{err[-3000:]}")
         ends.append((node.returncode, err))
     return ends
 

@@ -1,18 +1,21 @@
 """`cvtrain flatness` on trained runs (the in-memory tensor source): a backbone run gives
 one measurement of the whole network, an IC run one per IC with the backbone frozen; the
-files it writes hold what the table prints; the same seed gives the same numbers. The
-estimators themselves are checked against known Hessians in test_hessian.py."""
+files it writes hold what the table prints; the same seed gives the same numbers; the
+report orders the backbones over their training seeds. The estimators themselves are
+checked against known Hessians in test_hessian.py."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from trainer.analysis.flatness import STEPS, FlatnessOptions, measure_run
+from trainer.analysis.flatness import STEPS, FlatnessOptions, Measurement, measure_run, write_run
+from trainer.analysis.flatness_summary import flatness_lines
 from trainer.cli import main
 from trainer.train import checkpoint
 from trainer.train.distributed import Dist
@@ -90,3 +93,23 @@ def test_the_same_seed_gives_the_same_numbers(runs):
     assert measure_run(net, CPU, options) == measure_run(net, CPU, options)
     other = measure_run(net, CPU, FlatnessOptions(batches=1, probes=3, directions=1, max_iterations=5, seed=1))
     assert other[0].trace != measure_run(net, CPU, options)[0].trace
+
+
+def test_the_report_orders_the_backbones_over_their_training_seeds(tmp_path):
+    """Three backbone seeds (BACKBONES and BACKBONES/seeds/seedN), the paper's order in two
+    of them: the table has their mean ± std and the sentence says 2 of 3."""
+    per_seed = [{"iframe": 1.0, "residual": 2.0, "mv": 3.0}, {"iframe": 2.0, "residual": 4.0, "mv": 6.0},
+                {"iframe": 3.0, "residual": 6.0, "mv": 4.0}]   # the third: MV flatter than residual
+    folders = [tmp_path / "backbones", tmp_path / "backbones/seeds/seed1", tmp_path / "backbones/seeds/seed2"]
+    for folder, traces in zip(folders, per_seed, strict=True):
+        for modality, trace in traces.items():
+            (folder / modality).mkdir(parents=True)
+            m = Measurement(name="network", parameters=10, videos=8, loss=1.0, trace=10 * trace, trace_stderr=0.1,
+                            trace_per_parameter=trace, top_eigenvalue=trace, eigen_iterations=5,
+                            eigen_converged=True, curves=[[1.0 + abs(s) for s in STEPS]])
+            write_run(folder / modality, [m], FlatnessOptions())
+    lines = flatness_lines([], tmp_path / "backbones", tmp_path)
+    text = "\n".join(lines)
+    assert "shows in the means over 3 training seeds; it holds in 2 of 3 seeds on their own" in text
+    assert re.search(r"\|\s+MV \|\s+network \|\s+\|\s+3 \|\s+4\.33e\+00 ± 1\.53e\+00 \|", text)
+    assert (tmp_path / "flatness.png").stat().st_size > 0

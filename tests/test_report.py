@@ -9,14 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from trainer.analysis.logits import load_logits
 from trainer.analysis.results import find_methods
 from trainer.analysis.wise import EXIT_NAMES, ORDER
 from trainer.cli import main as cvtrain
 from trainer.config import load_config
-from trainer.data.contract import MODALITIES
-from trainer.models.networks import ModalityNet
+from trainer.data.contract import INPUT_CHANNELS, MODALITIES
+from trainer.models.networks import ModalityNet, count_macs
+from trainer.models.teamnet import TeamNet
 
 CLASSES, VIDEOS = 4, {"train": 40, "val": 16, "test": 24}
 COSTS = {m: {"input_size": 32, "stages": [10, 20, 20, 20, 30], "heads": [5, 3, 2], "eval_segments": 3}
@@ -202,10 +204,11 @@ def test_paper_pipeline_on_real_shards(shards, tmp_path, capsys):
     costs = json.loads((method_dirs[0] / "logits" / "costs.json").read_text())
     assert sum(costs["mv"]["stages"]) == ModalityNet("mv", "resnet18", 2, width=8).count_macs(32)
     assert cvtrain(["wise", *map(str, method_dirs)]) == 0
+    team_dirs = teamnet_pipeline(tmp_path, small)
     flat = ["--batches", "1", "--probes", "2", "--directions", "1"]
     assert cvtrain(["flatness", *(str(tmp_path / "backbones" / m) for m in MODALITIES), *flat]) == 0
     assert cvtrain(["flatness", *(str(d / m) for d in method_dirs for m in MODALITIES), *flat]) == 0
-    assert cvtrain(["report", str(tmp_path / "paper")]) == 0
+    assert cvtrain(["report", str(tmp_path / "paper"), "--teamnet", str(team_dirs[0].parent.parent)]) == 0
     printed = re.sub(" +", " ", capsys.readouterr().out)
     assert "| exit | ce alone | pkd alone | pkd no scaling | pkd WISE | MMACs |" in printed
     assert (tmp_path / "paper" / "report" / "tradeoff.png").is_file()
@@ -219,3 +222,39 @@ def test_paper_pipeline_on_real_shards(shards, tmp_path, capsys):
     rows = [line for line in flatness.splitlines() if line.startswith("|") and "---" not in line][1:]
     assert len(rows) == 3 + 2 * 9 and all(row.count("|") == 8 for row in rows)
     assert (tmp_path / "paper" / "report" / "flatness.png").is_file()
+    # TEAM-Net's section: its 3 shared ICs compared, its four exits in its main table.
+    team = report.partition("## TEAM-Net")[2].partition("## ")[0]
+    assert "pkd - ce, the 3 ICs pooled" in team and "T4 alone" in team
+    assert [line.split("|")[1].strip() for line in team.splitlines() if re.match(r"\|\s+T\d \|", line)] == [
+        "T1", "T2", "T3", "T4"]
+
+
+def teamnet_pipeline(tmp_path: Path, small: list[str]) -> list[Path]:
+    """TEAM-Net from the three trained networks, its shared ICs by CE and PKD, their logits
+    and WISE; its output exit's logits equal `cvtrain eval`'s of the TEAM-Net run."""
+    team = tmp_path / "backbones" / "teamnet"
+    assert cvtrain(["fit", "--config", "tiny_synth_teamnet", "--set", "optim.epochs=1", "--set", "optim.lr_steps=[]",
+                    "--set", f"team.pretrained={tmp_path}/backbones/{{modality}}/best.pt",
+                    "--set", f"run.dir={team}", *small]) == 0
+    dirs = [tmp_path / "teamnet" / "seed0" / method for method in ("ce", "pkd")]
+    for method, folder in zip(("ce", "pkd"), dirs, strict=True):
+        assert cvtrain(["ic", "--config", "tiny_synth_teamnet_ic", "--method", method, "--set", "optim.epochs=3",
+                        "--set", "optim.lr_steps=[]", "--set", f"ic.backbones={team}/best.pt",
+                        "--set", f"run.dir={folder}/teamnet", *small]) == 0
+    history = [json.loads(x) for x in (dirs[1] / "teamnet" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["teacher"] for r in history] == ["mv", "residual", "iframe"]
+    assert cvtrain(["logits", *map(str, dirs)]) == 0
+    assert cvtrain(["eval", str(team), "--split", "test"]) == 0
+    dumped = load_logits(dirs[0], "teamnet", "test", 3)
+    with np.load(team / "eval" / "test" / "teamnet.npz") as evaluated:
+        assert np.array_equal(dumped["ids"], evaluated["ids"])
+        assert np.allclose(dumped["logits"][:, 3], evaluated["logits"], atol=1e-5)
+    costs = json.loads((dirs[0] / "logits" / "costs.json").read_text())["teamnet"]
+    net = TeamNet({m: "resnet18" for m in MODALITIES}, 2, width=8)
+    inputs = {m: torch.zeros(1, 1, INPUT_CHANNELS[m], 32, 32) for m in MODALITIES}
+    assert sum(costs["stages"]) == count_macs(net, inputs) and costs["first_ic_after"] == 0
+    assert cvtrain(["wise", *map(str, dirs)]) == 0
+    results = json.loads((dirs[1] / "wise" / "results.json").read_text())
+    assert results["exits"] == ["T1", "T2", "T3", "T4"] and results["fusion"]["test"] == []
+    assert min(min(row) for row in results["weights"]) >= 0  # the TEAM-Net variant clips negative weights
+    return dirs

@@ -138,7 +138,7 @@ def _run_wise(args: argparse.Namespace) -> int:
 def _run_report(args: argparse.Namespace) -> int:
     from trainer.analysis.report import write_report
 
-    table = write_report(args.run_dir, split=args.split, wise_method=args.wise_method)
+    table = write_report(args.run_dir, split=args.split, wise_method=args.wise_method, teamnet=args.teamnet)
     print(table)
     print(f"report: {args.run_dir}/report/report.md")
     return 0
@@ -290,6 +290,8 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("test", "val"), default="test", help="(default: %(default)s)")
     p.add_argument("--wise-method", metavar="METHOD",
                    help="the method whose WISE and trade-off figures are shown (default: pkd, else the last)")
+    p.add_argument("--teamnet", metavar="TEAM_DIR",
+                   help="TEAM-Net's IC runs, laid out as RUN_DIR's: a report section and curves on the trade-off plot")
     p.set_defaults(func=_run_report)
 
 

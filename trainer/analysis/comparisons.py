@@ -1,12 +1,13 @@
 """The report's comparisons, each a paired difference with a bootstrap interval over IC
 seeds and test videos (trainer.analysis.intervals):
 
-- PKD - CE for each of the 9 internal classifiers (each exit alone), and pooled over the
-  9 (per seed and video, the mean over the ICs of right minus wrong);
-- WISE - best single exit: WISE's last exit against the one exit, of the 12 alone, that is
-  best on validation (chosen per seed, so the choice is part of what varies);
-- WISE - no scaling, at each exit from R2 on (at R1 both are R1's raw logits) and pooled
-  over those 11.
+- PKD - CE for each internal classifier (each exit alone: 9 for the CoViAR networks, 3
+  for TEAM-Net), and pooled over them (per seed and video, the mean over the ICs of right
+  minus wrong);
+- WISE - best single exit: WISE's last exit against the one exit alone that is best on
+  validation (chosen per seed, so the choice is part of what varies);
+- WISE - no scaling, at each exit from the second on (at the first both are its raw
+  logits) and pooled over those.
 
 Paired: both sides of a difference come from the same seed (for PKD - CE, the runs of the
 same seed on the same frozen backbones) and the same videos.
@@ -21,10 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from trainer.analysis.intervals import Interval, Predictions, paired_bootstrap, per_video_correct, stacked
-from trainer.analysis.wise import EXIT_NAMES, WISE
+from trainer.analysis.wise import WISE
 
-IC_COLUMNS = [k for k, name in enumerate(EXIT_NAMES) if not name.endswith("4")]
 POOLED = "pooled"
+
+
+def ic_columns(exits: Sequence[str]) -> list[int]:
+    """The internal classifiers among `exits` (every network's fourth exit is its own output)."""
+    return [k for k, name in enumerate(exits) if not name.endswith("4")]
 
 
 @dataclass(frozen=True)
@@ -34,12 +39,11 @@ class Comparison:
     against: str       # the other side: a baseline method ("ce"), or a variant of the same method
     exit: str          # an exit name, or POOLED
     interval: Interval
-    detail: str = ""   # e.g. which exits the best single exit was
+    detail: str = ""   # which exits the best single exit was, or what a pooled one pools
 
     @property
     def name(self) -> str:
-        where = {"ic": "the 9 ICs pooled", "no_scaling": f"{EXIT_NAMES[1]}..{EXIT_NAMES[-1]} pooled"}.get(
-            self.kind, "") if self.exit == POOLED else self.exit
+        where = f"{self.detail} pooled" if self.exit == POOLED else self.exit
         if self.kind == "ic":
             return f"{self.method} - {self.against}, {where}"
         if self.kind == "best_single":
@@ -52,32 +56,35 @@ def _predictions(dirs: Sequence[Path], split: str, segments: Mapping[str, int]) 
 
 
 def ic_comparisons(method: str, dirs: Sequence[Path], baseline: str, baseline_dirs: Sequence[Path], split: str,
-                   segments: Mapping[str, int]) -> list[Comparison]:
-    """METHOD - BASELINE on each IC alone and pooled over the 9 ICs; dirs[i] and
-    baseline_dirs[i] are the two method folders of one seed."""
+                   segments: Mapping[str, int], exits: Sequence[str]) -> list[Comparison]:
+    """METHOD - BASELINE on each IC alone and pooled over the ICs; dirs[i] and
+    baseline_dirs[i] are the two method folders of one seed, `exits` their exits' names."""
     a = stacked(_predictions(dirs, split, segments), "no_lateral")
     b = stacked(_predictions(baseline_dirs, split, segments), "no_lateral")
-    diff = a - b  # (seeds, videos, 12)
-    out = [Comparison("ic", method, baseline, EXIT_NAMES[k], paired_bootstrap(diff[..., k])) for k in IC_COLUMNS]
-    out.append(Comparison("ic", method, baseline, POOLED, paired_bootstrap(diff[..., IC_COLUMNS].mean(-1))))
+    diff = a - b  # (seeds, videos, exits)
+    ics = ic_columns(exits)
+    out = [Comparison("ic", method, baseline, exits[k], paired_bootstrap(diff[..., k])) for k in ics]
+    out.append(Comparison("ic", method, baseline, POOLED, paired_bootstrap(diff[..., ics].mean(-1)),
+                          detail=f"the {len(ics)} ICs"))
     return out
 
 
-def wise_comparisons(method: str, dirs: Sequence[Path], split: str, segments: Mapping[str, int]
-                     ) -> list[Comparison]:
+def wise_comparisons(method: str, dirs: Sequence[Path], split: str, segments: Mapping[str, int],
+                     exits: Sequence[str]) -> list[Comparison]:
     """WISE - best single exit (chosen on val per seed) and WISE - no scaling, in METHOD
-    (dirs: its folder of each seed)."""
+    (dirs: its folder of each seed; `exits`: its exits' names)."""
     tested = _predictions(dirs, split, segments)
     chosen = [int(np.argmax(p.correct["no_lateral"].mean(0))) for p in _predictions(dirs, "val", segments)]
     wise, single = stacked(tested, WISE), stacked(tested, "no_lateral")
     best = np.stack([single[s, :, k] for s, k in enumerate(chosen)])
-    names = ", ".join(sorted({EXIT_NAMES[k] for k in chosen}))
-    out = [Comparison("best_single", method, "no_lateral", EXIT_NAMES[-1], paired_bootstrap(wise[..., -1] - best),
+    names = ", ".join(sorted({exits[k] for k in chosen}))
+    out = [Comparison("best_single", method, "no_lateral", exits[-1], paired_bootstrap(wise[..., -1] - best),
                       detail=names)]
     diff = wise - stacked(tested, "no_scaling")
-    out += [Comparison("no_scaling", method, "no_scaling", EXIT_NAMES[k], paired_bootstrap(diff[..., k]))
-            for k in range(1, len(EXIT_NAMES))]
-    out.append(Comparison("no_scaling", method, "no_scaling", POOLED, paired_bootstrap(diff[..., 1:].mean(-1))))
+    out += [Comparison("no_scaling", method, "no_scaling", exits[k], paired_bootstrap(diff[..., k]))
+            for k in range(1, len(exits))]
+    out.append(Comparison("no_scaling", method, "no_scaling", POOLED, paired_bootstrap(diff[..., 1:].mean(-1)),
+                          detail=f"{exits[1]}..{exits[-1]}"))
     return out
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from trainer.config import load_config
 from trainer.data.contract import MODALITIES, require_split
 from trainer.data.sources import open_data
-from trainer.models.networks import ModalityNet
+from trainer.models.build import NETWORKS, build_network, input_modalities, network_name
 from trainer.train import checkpoint
 from trainer.train.distributed import Dist
 from trainer.train.metrics import summarize
@@ -32,7 +32,8 @@ DEFAULT_FUSION_WEIGHTS = {"iframe": 2.0, "mv": 1.0, "residual": 1.0}
 
 
 def find_runs(run_dir: Path) -> dict[str, Path]:
-    """Modality -> run directory: RUN_DIR itself, or its subfolders holding runs."""
+    """Network (a modality, or "teamnet") -> run directory: RUN_DIR itself, or its
+    subfolders holding runs."""
     if (run_dir / "config.toml").is_file():
         candidates = [run_dir]
     elif run_dir.is_dir():
@@ -41,13 +42,13 @@ def find_runs(run_dir: Path) -> dict[str, Path]:
         candidates = []
     runs: dict[str, Path] = {}
     for path in candidates:
-        modality = load_config(path / "config.toml").model.modality
+        modality = network_name(load_config(path / "config.toml"))
         if modality in runs:
             raise ValueError(f"{run_dir}: two {modality} runs ({runs[modality]} and {path}); evaluate them apart")
         runs[modality] = path
     if not runs:
         raise FileNotFoundError(f"{run_dir}: no training run here (a run directory holds config.toml)")
-    return dict(sorted(runs.items(), key=lambda item: MODALITIES.index(item[0])))
+    return dict(sorted(runs.items(), key=lambda item: NETWORKS.index(item[0])))
 
 
 def _aligned(evaluations: Mapping[str, Evaluation]) -> tuple[np.ndarray, np.ndarray]:
@@ -106,10 +107,11 @@ def evaluate_runs(
     for modality, path in runs.items():
         cfg = load_config(path / "config.toml", overrides)
         state = checkpoint.load(path / f"{which}.pt")
-        model = ModalityNet(**state["model_args"])
+        model = build_network(state["model_args"])
         model.load_state_dict(state["model"])
         model.to(dist.device)
-        data = open_data(cfg, rank=dist.rank, world_size=dist.world_size, device=dist.device)
+        data = open_data(cfg, rank=dist.rank, world_size=dist.world_size, device=dist.device,
+                         modalities=input_modalities(cfg))
         require_split(data, split, cfg)
         ev = evaluate_model(model, data.eval_batches(split), data.num_classes, dist=dist,
                             expected=data.split_size(split), amp=cfg.run.amp and dist.device.type == "cuda",
@@ -120,10 +122,11 @@ def evaluate_runs(
             results[modality] = ev.summary
             evaluations[modality] = ev
             class_names = data.class_names
-    if dist.is_main and len(evaluations) > 1:
-        ids, labels = _aligned(evaluations)
-        used = {m: weights[m] for m in evaluations}
-        scores = fuse({m: ev.logits for m, ev in evaluations.items()}, used, space)
+    fusable = {m: ev for m, ev in evaluations.items() if m in MODALITIES}  # TEAM-Net is a fusion already
+    if dist.is_main and len(fusable) > 1:
+        ids, labels = _aligned(fusable)
+        used = {m: weights[m] for m in fusable}
+        scores = fuse({m: ev.logits for m, ev in fusable.items()}, used, space)
         summary, confusion = summarize(scores, labels, scores.shape[1])
         summary.update(weights=used, space=space)
         fused = Evaluation(summary, confusion, ids, labels, scores.astype(np.float32))

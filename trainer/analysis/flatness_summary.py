@@ -1,6 +1,7 @@
 """The report's flatness section: what `cvtrain flatness` wrote in the backbones' and the
-IC runs' folders (RUN/flatness/flatness.json), as tables over seeds, the paper's two
-orderings checked in words, and the backbones' loss curves on one plot (flatness.png)."""
+IC runs' folders (RUN/flatness/flatness.json), as tables over seeds (the backbones' own
+training seeds: BACKBONES and BACKBONES/seeds/seedN), the paper's two orderings checked in
+words, and the first seed's backbone loss curves on one plot (flatness.png)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from trainer.analysis.results import Method, mean_std
 from trainer.models.exits import IC_EXITS
 
 ORDER = ("iframe", "residual", "mv")   # the paper's claim: flattest first
-RISE_AT = 0.5
-COLOURS = {"iframe": "tab:blue", "residual": "tab:orange", "mv": "tab:green"}   # the curves' summary: mean loss increase at alpha = -0.5 and +0.5
+RISE_AT = 0.5  # the curves' summary: the mean loss increase at alpha = -0.5 and +0.5
+COLOURS = {"iframe": "tab:blue", "residual": "tab:orange", "mv": "tab:green"}
 
 
 def read_measurements(run_dir: Path) -> dict[str, Measurement] | None:
@@ -50,19 +51,34 @@ def _ordered(means: dict[str, float]) -> bool:
     return all(means[a] < means[b] for a, b in zip(ORDER, ORDER[1:]))
 
 
+SEEDS = "seeds"  # BACKBONES/seeds/seedN/{iframe,mv,residual}: more training seeds of the backbones
+
+
+def backbone_seeds(backbones: Path) -> list[Path]:
+    """The backbone folders measured for flatness: BACKBONES itself and BACKBONES/seeds/seed*."""
+    extra = sorted((backbones / SEEDS).glob("seed*"), key=lambda p: (len(p.name), p.name))
+    return [backbones, *(p for p in extra if p.is_dir())]
+
+
 def flatness_lines(methods: Sequence[Method], backbones: Path | None, out: Path) -> list[str]:
     """Markdown lines (empty when nothing was measured); writes out/flatness.png."""
     rows, lines = [], []
-    nets = {m: read_measurements(backbones / m) for m in ORDER} if backbones else {}
-    nets = {m: found["network"] for m, found in nets.items() if found}
-    for modality, m in nets.items():
-        rows.append([NETWORK[modality], "network", "", *_cells([m])])
-    if len(nets) == len(ORDER):
+    per_seed = []  # modality -> the network's measurement, one dict per backbone seed measured for all three
+    for folder in backbone_seeds(backbones) if backbones else []:
+        found = {m: read_measurements(folder / m) for m in ORDER}
+        if all(found.values()):
+            per_seed.append({m: f["network"] for m, f in found.items()})
+    for modality in ORDER if per_seed else ():
+        rows.append([NETWORK[modality], "network", "", *_cells([seed[modality] for seed in per_seed])])
+    if per_seed:
+        n = len(per_seed)
         for label, key in (("trace per parameter", "trace_per_parameter"), ("top eigenvalue", "top_eigenvalue")):
-            shown = _ordered({k: getattr(m, key) for k, m in nets.items()})
+            means = {m: float(np.mean([getattr(seed[m], key) for seed in per_seed])) for m in ORDER}
+            held = sum(_ordered({m: getattr(seed[m], key) for m in ORDER}) for seed in per_seed)
             lines.append(f"- Backbones by {label}: the paper's order, I-frame flattest, then residual, then MV, "
-                         f"{'shows' if shown else 'does NOT show'} (one backbone seed each).")
-        plot_curves({NETWORK[k]: m for k, m in nets.items()}, out / "flatness.png",
+                         f"{'shows' if _ordered(means) else 'does NOT show'} in the means over {n} training "
+                         f"seed{'s' if n > 1 else ''}; it holds in {held} of {n} seeds on their own.")
+        plot_curves({NETWORK[k]: m for k, m in per_seed[0].items()}, out / "flatness.png",
                     "Backbones: loss around the trained weights",
                     colours={NETWORK[k]: c for k, c in COLOURS.items()})
     ic_means: dict[tuple[str, str, str], float] = {}
@@ -85,4 +101,5 @@ def flatness_lines(methods: Sequence[Method], backbones: Path | None, out: Path)
     return ["Measured by `cvtrain flatness` on the first training batches, BatchNorm in eval mode, the "
             "cross-entropy on labels (for ICs the same for CE and PKD); mean ± std over seeds. A network's "
             "numbers are over all its weights, an IC's over its own.", "", *lines, "",
-            markdown_table(HEADER, rows), "", *(["![backbones' loss curves](flatness.png)", ""] if len(nets) == 3 else [])]
+            markdown_table(HEADER, rows), "",
+            *(["![backbones' loss curves (the first seed)](flatness.png)", ""] if per_seed else [])]

@@ -77,9 +77,10 @@ class Predictions:
 
 
 def per_video_correct(method_dir: str | Path, split: str, segments: Mapping[str, int]) -> Predictions:
-    """Per-video correctness of every exit and variant from METHOD/logits and METHOD/wise."""
+    """Per-video correctness of every exit and variant from METHOD/logits and METHOD/wise;
+    `segments` names the networks, in exit order, with their segment counts."""
     method_dir = Path(method_dir)
-    z, labels, _, ids = stack_logits(method_dir, split, segments)
+    z, labels, _, ids = stack_logits(method_dir, split, segments, tuple(segments))
     fitted = np.load(method_dir / "wise" / "weights.npz")["weights"]
     order = np.argsort(ids)
     correct = {v: (combine(z, variant_weights(v, fitted)).argmax(-1) == labels[:, None])[order] for v in VARIANTS}

@@ -1,7 +1,8 @@
 """`cvtrain logits`: the segment-averaged logits of all 12 exits, and their measured cost.
 
 A method folder holds the IC runs of the three networks (`cvtrain ic` runs, one per
-modality, e.g. RUN/seed0/pkd/{iframe,mv,residual}). For each network this writes
+modality, e.g. RUN/seed0/pkd/{iframe,mv,residual}), or TEAM-Net's (RUN/seed0/pkd/teamnet,
+its four exits). For each network this writes
 
     METHOD/logits/MODALITY/SPLIT_sS.npz   ids, labels (N,), logits (N, 4, K) of the exits
                                           IC1, IC2, IC3, fc, for S segments per video
@@ -29,7 +30,9 @@ from trainer.analysis.evaluate import find_runs
 from trainer.config import Config, load_config
 from trainer.data.contract import MODALITIES, require_split
 from trainer.data.sources import open_data
+from trainer.models.build import NETWORKS, input_modalities
 from trainer.models.exits import EXITS, ICNet
+from trainer.models.teamnet import TeamICNet
 from trainer.train.checkpoint import load_ic_run
 from trainer.train.distributed import Dist
 from trainer.train.validate import evaluate_exits
@@ -43,14 +46,16 @@ def logits_file(method_dir: Path, modality: str, split: str, segments: int) -> P
     return Path(method_dir) / LOGITS / modality / f"{split}_s{segments}.npz"
 
 
-def segment_counts(cfg: Config, modality: str) -> dict[str, list[int]]:
+def segment_counts(cfg: Config, network: str) -> dict[str, list[int]]:
     """Split -> segment counts to score: train at data.eval_segments (WISE fits there),
-    val and test at every wise.segments count and data.eval_segments."""
-    counts = sorted({cfg.data.eval_segments, *getattr(cfg.wise.segments, modality)})
+    val and test at every wise.segments count and data.eval_segments (TEAM-Net's streams
+    share their segments: data.eval_segments only)."""
+    extra = getattr(cfg.wise.segments, network) if network in MODALITIES else []
+    counts = sorted({cfg.data.eval_segments, *extra})
     return {TRAIN: [cfg.data.eval_segments], "val": counts, "test": counts}
 
 
-def _digest(model: ICNet) -> str:
+def _digest(model: ICNet | TeamICNet) -> str:
     """Identity of a frozen backbone: a hash of its weights and buffers."""
     h = hashlib.sha1()
     for name, tensor in sorted(model.net.state_dict().items()):
@@ -81,7 +86,7 @@ def dump_logits(
     """
     dirs = [Path(d) for d in method_dirs]
     # Runs that share a frozen backbone and their data settings are scored in one pass.
-    groups: dict[tuple, list[tuple[Path, str, Config, ICNet]]] = {}
+    groups: dict[tuple, list[tuple[Path, str, Config, ICNet | TeamICNet]]] = {}
     for method_dir in dirs:
         for modality, run in find_runs(method_dir).items():
             cfg = load_config(run / "config.toml", overrides)
@@ -96,11 +101,13 @@ def dump_logits(
         measured = model.exit_costs(cfg.data.input_size)
         for method_dir, *_ in members:
             costs[method_dir][modality] = {"input_size": cfg.data.input_size, "stages": list(measured.stages),
-                                           "heads": list(measured.heads), "eval_segments": cfg.data.eval_segments}
+                                           "heads": list(measured.heads), "first_ic_after": measured.first_ic_after,
+                                           "eval_segments": cfg.data.eval_segments}
         for split, counts in segment_counts(cfg, modality).items():
             for segments in counts:
                 scfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_segments=segments))
-                data = open_data(scfg, rank=dist.rank, world_size=dist.world_size, device=dist.device)
+                data = open_data(scfg, rank=dist.rank, world_size=dist.world_size, device=dist.device,
+                                 modalities=input_modalities(cfg))
                 require_split(data, split, cfg)
                 if data.num_classes != model.net.num_classes:
                     raise ValueError(f"{members[0][0]}: the {modality} network has {model.net.num_classes} "
@@ -120,7 +127,7 @@ def dump_logits(
                         summary[str(method_dir)][modality] = {e: s["top1"] for e, s in ev.summaries.items()}
     if dist.is_main:
         for method_dir, per_modality in costs.items():
-            ordered = {m: per_modality[m] for m in MODALITIES if m in per_modality}
+            ordered = {m: per_modality[m] for m in NETWORKS if m in per_modality}
             (method_dir / LOGITS / COSTS).write_text(json.dumps(ordered, indent=2) + "\n")
     return summary if dist.is_main else {}
 

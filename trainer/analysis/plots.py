@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.analysis.results import Method, early_exit_curve, fusion_accuracy, macs_unit, mean_std, segments_label
-from trainer.analysis.wise import EXIT_NAMES, ORDER, VARIANTS, WISE
+from trainer.analysis.wise import ORDER, VARIANTS, WISE
 
 VARIANT_LABELS = {"wise": "WISE", "no_scaling": "no scaling", "no_lateral": "single exit (no lateral)"}
 METHOD_COLOURS = {"ce": "tab:blue", "pkd": "tab:orange", "pkd_anti": "tab:green", "pkd_iframe": "tab:purple"}
@@ -57,7 +57,7 @@ def plot_ic_accuracy(methods: Sequence[Method], split: str, path: Path) -> None:
 def plot_wise(method: Method, split: str, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    x = np.arange(len(EXIT_NAMES))
+    x = np.arange(len(method.exits))
     for variant, style in zip(("no_lateral", "no_scaling", WISE), ("o:", "s--", "D-"), strict=True):
         mu, sd = mean_std(method.per_exit(split, variant))
         colour = VARIANT_COLOURS[variant]
@@ -65,7 +65,7 @@ def plot_wise(method: Method, split: str, path: Path) -> None:
         ax.fill_between(x, (mu - sd) * 100, (mu + sd) * 100, alpha=0.15, color=colour)
     for boundary in (3.5, 7.5):
         ax.axvline(boundary, color="grey", lw=0.8)
-    ax.set_xticks(x, EXIT_NAMES)
+    ax.set_xticks(x, method.exits)
     ax.set_xlabel("exit (cheapest network first)")
     ax.set_ylabel(f"{split} top-1 (%)")
     ax.grid(alpha=0.3)
@@ -76,8 +76,10 @@ def plot_wise(method: Method, split: str, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_tradeoff(methods: Sequence[Method], method: Method, split: str, path: Path) -> None:
-    """Every method's WISE curve under early exit, `method`'s ablations and CoViAR's fusion."""
+def plot_tradeoff(methods: Sequence[Method], method: Method, split: str, path: Path,
+                  teamnet: Sequence[Method] = ()) -> None:
+    """Every method's WISE curve under early exit, `method`'s ablations and CoViAR's fusion;
+    and TEAM-Net's methods' WISE curves (dashed, in their method's colour)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(12, 5.5))
     first = next(iter(method.seeds.values()))
@@ -87,14 +89,16 @@ def plot_tradeoff(methods: Sequence[Method], method: Method, split: str, path: P
         _, acc, macs = early_exit_curve(method, split, WISE, segments)
         ax.plot(macs.mean(0) / scale, acc.mean(0) * 100, ".", color="0.7", ms=5)
     ax.plot([], [], ".", color="0.7", label="WISE at the other segment counts")
-    curves = [(m, WISE, _method_colour(m.name)) for m in methods]
-    curves += [(method, v, VARIANT_COLOURS[v]) for v in VARIANTS if v != WISE]
-    for m, variant, colour in curves:
+    curves = [(m, WISE, _method_colour(m.name), "-", "") for m in methods]
+    curves += [(method, v, VARIANT_COLOURS[v], "-", "") for v in VARIANTS if v != WISE]
+    curves += [(m, WISE, _method_colour(m.name), "--", "TEAM-Net ") for m in teamnet]
+    for m, variant, colour, line, backbone in curves:
         taus, acc, macs = early_exit_curve(m, split, variant)
         (mu, sd), (cmu, csd) = mean_std(acc), mean_std(macs)
-        marker = {"wise": "D", "no_scaling": "s", "no_lateral": "o"}[variant]
-        ax.errorbar(cmu / scale, mu * 100, yerr=sd * 100, xerr=csd / scale, fmt=f"{marker}-", ms=4, capsize=2,
-                    color=colour, label=f"{m.name} {VARIANT_LABELS[variant]}, tau {taus[0]:g} to {taus[-1]:g}")
+        marker = {"wise": "D" if not backbone else "v", "no_scaling": "s", "no_lateral": "o"}[variant]
+        ax.errorbar(cmu / scale, mu * 100, yerr=sd * 100, xerr=csd / scale, fmt=f"{marker}{line}", ms=4, capsize=2,
+                    color=colour,
+                    label=f"{backbone}{m.name} {VARIANT_LABELS[variant]}, tau {taus[0]:g} to {taus[-1]:g}")
     largest = max(combos, key=lambda s: sum(s.values()))
     fusions = {segments_label(first["default_segments"]): (first["default_segments"], "*")}
     fusions.setdefault(segments_label(largest), (largest, "P"))
@@ -108,8 +112,9 @@ def plot_tradeoff(methods: Sequence[Method], method: Method, split: str, path: P
     ax.set_ylabel(f"{split} top-1 (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # off the curves
-    ax.set_title(f"early exit (faint points: {method.name} WISE at other segment counts), segments R/MV/I {segments_label(first['default_segments'])}; "
-                 f"mean ± std over {len(method.seeds)} seeds")
+    team = f"; TEAM-Net dashed, {len(teamnet[0].seeds)} seeds" if teamnet else ""
+    ax.set_title(f"early exit (faint points: {method.name} WISE at other segment counts), segments R/MV/I "
+                 f"{segments_label(first['default_segments'])}; mean ± std over {len(method.seeds)} seeds{team}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -122,8 +122,10 @@ def describe_backbones(method_dir: Path) -> list[str]:
                      for m in ("iframe", "residual", "mv"))
     val = {m: metrics["val"][m]["top1"] for m in ("iframe", "residual", "mv")}
     order = val["iframe"] > val["residual"] > val["mv"]
+    team = (f"; TEAM-Net {100 * metrics['val']['teamnet']['top1']:.1f} / {100 * metrics['test']['teamnet']['top1']:.1f}"
+            if all("teamnet" in m for m in metrics.values()) else "")
     lines = [f"- Backbones' top-1 (%), validation / test: {rows}; CoViAR's fusion "
-             f"{100 * metrics['val']['fused']['top1']:.1f} / {100 * metrics['test']['fused']['top1']:.1f}. "
+             f"{100 * metrics['val']['fused']['top1']:.1f} / {100 * metrics['test']['fused']['top1']:.1f}{team}. "
              f"Validation {'shows' if order else 'does NOT show'} real data's order I-frame > residual > MV."]
     manifest = json.loads((Path(cfg.data.root) / "manifest.json").read_text()) if cfg.data.root else {}
     synth = _synth_description(manifest) if manifest else {}

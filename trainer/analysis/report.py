@@ -4,9 +4,10 @@ as mean and spread over seeds, with the comparisons' paired intervals.
 It reads RUN_DIR/seed*/METHOD/wise/results.json (trainer.analysis.results) and writes
 RUN_DIR/report/: report.md, ic_accuracy.png (per-network, per-IC test top-1 of each
 method), wise.png (WISE vs no scaling vs single exits), tradeoff.png (accuracy against
-GMACs per video under early exit, with CoViAR's fusion) and, where `cvtrain flatness` ran
-on the backbones and IC runs, flatness.png (trainer.analysis.flatness_summary); it
-returns the main table, which the command prints.
+GMACs per video under early exit, with CoViAR's fusion, and TEAM-Net's curves when its
+IC runs are given) and, where `cvtrain flatness` ran on the backbones and IC runs,
+flatness.png (trainer.analysis.flatness_summary); it returns the main table, which the
+command prints.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from trainer.analysis.results import (
     mean_std,
     segments_label,
 )
-from trainer.analysis.wise import EXIT_NAMES, WISE
+from trainer.analysis.wise import WISE
 
 
 def _pm(mean: float, std: float, scale: float = 100.0, digits: int = 1) -> str:
@@ -66,7 +67,7 @@ def main_table(methods: Sequence[Method], wise_method: Method, split: str) -> st
     scaled = mean_std(wise_method.per_exit(split, "no_scaling"))
     wise = mean_std(wise_method.per_exit(split, WISE))
     rows = []
-    for k, name in enumerate(EXIT_NAMES):
+    for k, name in enumerate(wise_method.exits):
         rows.append([name, *[_pm(mu[k], sd[k]) for mu, sd in singles], _pm(scaled[0][k], scaled[1][k]),
                      _pm(wise[0][k], wise[1][k]), f"{costs[k] / scale:.3f}"])
     return markdown_table(header, rows)
@@ -88,28 +89,40 @@ def conclusions(comparisons: Sequence[Comparison], wise_method: Method, split: s
             per_ic = [x.interval for x in comparisons
                       if (x.kind, x.method, x.against) == ("ic", c.method, c.against) and x.exit != POOLED]
             ahead, behind = sum(i.low > 0 for i in per_ic), sum(i.high < 0 for i in per_ic)
-            out.append(f"{c.name}: {c.interval.text()} points ({c.interval.seeds} seeds x {c.interval.videos} "
+            seeds = f"{c.interval.seeds} seed{'s' * (c.interval.seeds > 1)}"
+            out.append(f"{c.name}: {c.interval.text()} points ({seeds} x {c.interval.videos} "
                        f"videos): {_verdict(c.interval, f'{c.method} is ahead', f'{c.method} is behind')}. Per IC, "
                        f"{c.method} is ahead on {ahead} of {len(per_ic)} and behind on {behind} with intervals "
                        f"excluding zero; the other {len(per_ic) - ahead - behind} are undecided.")
         elif c.kind == "best_single" or (c.kind == "no_scaling" and c.exit == POOLED):
             out.append(f"{c.name}: {c.interval.text()} points: {_verdict(c.interval, 'WISE is ahead', 'WISE is behind')}.")
-    fusion, cost = fusion_accuracy(wise_method, split)
+    name, reference, cost = reference_point(wise_method, split)
     taus, acc, macs = early_exit_curve(wise_method, split, WISE)
     full = taus.index(1.0) if 1.0 in taus else len(taus) - 1
     scale, unit = macs_unit(macs.max())
-    out.append(f"CoViAR fusion {_pm(*mean_std(fusion))}% at {cost / scale:.3f} {unit}; {wise_method.name} WISE without "
+    out.append(f"{name} {_pm(*mean_std(reference))}% at {cost / scale:.3f} {unit}; {wise_method.name} WISE without "
                f"early exit (tau = 1) {_pm(*mean_std(acc[:, full]))}% at {macs[:, full].mean() / scale:.3f} {unit} "
                "(it also runs every IC).")
-    reaching = [i for i in range(len(taus)) if acc[:, i].mean() >= fusion.mean()]
+    reaching = [i for i in range(len(taus)) if acc[:, i].mean() >= reference.mean()]
     if reaching:
         i = min(reaching, key=lambda j: macs[:, j].mean())
-        out.append(f"Early exit: {wise_method.name} WISE reaches the fusion's mean accuracy at tau {taus[i]:.10g}, "
+        out.append(f"Early exit: {wise_method.name} WISE reaches the mean accuracy of {name} at tau {taus[i]:.10g}, "
                    f"{_pm(*mean_std(acc[:, i]))}% at {macs[:, i].mean() / scale:.3f} {unit}, "
-                   f"{macs[:, i].mean() / cost:.0%} of the fusion's cost (seed means).")
+                   f"{macs[:, i].mean() / cost:.0%} of its cost (seed means).")
     else:
-        out.append(f"Early exit: no threshold of {wise_method.name} WISE reaches the fusion's mean accuracy.")
+        out.append(f"Early exit: no threshold of {wise_method.name} WISE reaches the mean accuracy of {name}.")
     return out
+
+
+def reference_point(method: Method, split: str) -> tuple[str, np.ndarray, float]:
+    """What early exit is measured against: CoViAR's fusion of the three networks, or (for
+    TEAM-Net, whose output is already a fusion) its output alone. (name, accuracy over seeds, MACs)."""
+    if any(r["fusion"][split] for r in method.seeds.values()):
+        acc, cost = fusion_accuracy(method, split)
+        return "CoViAR fusion", acc, cost
+    acc = method.per_exit(split, "no_lateral")[:, -1]
+    cost = float(np.mean([r["exit_costs"][-1] for r in method.seeds.values()]))
+    return f"{method.exits[-1]} alone", acc, cost
 
 
 def run_comparisons(methods: Sequence[Method], chosen: Method, split: str) -> list[Comparison]:
@@ -121,8 +134,8 @@ def run_comparisons(methods: Sequence[Method], chosen: Method, split: str) -> li
         seeds = sorted(set(m.seeds) & set(by_name["ce"].seeds)) if "ce" in by_name and m.name != "ce" else []
         if seeds:
             out += ic_comparisons(m.name, [m.dirs[s] for s in seeds], "ce", [by_name["ce"].dirs[s] for s in seeds],
-                                  split, segments)
-    return out + wise_comparisons(chosen.name, list(chosen.dirs.values()), split, segments)
+                                  split, segments, chosen.exits)
+    return out + wise_comparisons(chosen.name, list(chosen.dirs.values()), split, segments, chosen.exits)
 
 
 def _gate_lines(methods: Sequence[Method]) -> list[str]:
@@ -153,30 +166,55 @@ DEFINITIONS = [
 ]
 
 
-def write_report(run_dir: str | Path, *, split: str = "test", wise_method: str | None = None) -> str:
+def _chosen(run_dir: Path, methods: Sequence[Method], wise_method: str | None) -> Method:
+    by_name = {m.name: m for m in methods}
+    if wise_method is not None and wise_method not in by_name:
+        raise FileNotFoundError(f"{run_dir}: no method {wise_method!r}; found {', '.join(by_name)}")
+    return by_name.get(wise_method or "pkd", methods[-1])
+
+
+def teamnet_lines(team_dir: Path, methods: Sequence[Method], chosen: Method, split: str) -> list[str]:
+    """The report's TEAM-Net section: its conclusions, differences and main table."""
+    comparisons = run_comparisons(methods, chosen, split)
+    segments = next(iter(chosen.seeds.values()))["default_segments"]
+    return [
+        f"TEAM-Net's IC runs in `{team_dir}`: T1..T3 are its shared ICs (a Linear on the squeezed channel "
+        "attention of the TEAM modules after the stem, layer1 and layer2), T4 its output (the sum of its three "
+        f"heads); {segments_label(segments)} segments per video for its three streams.", "",
+        *[f"- `{m.name}`: {m.description or 'see its IC runs'} ({len(m.seeds)} seed{'s' * (len(m.seeds) > 1)})"
+          for m in methods], "",
+        *[f"- {c}" for c in conclusions(comparisons, chosen, split)], "",
+        markdown_table(COMPARISON_HEADER, comparison_rows(comparisons)), "",
+        main_table(methods, chosen, split), "",
+    ]
+
+
+def write_report(run_dir: str | Path, *, split: str = "test", wise_method: str | None = None,
+                 teamnet: str | Path | None = None) -> str:
     """Writes RUN_DIR/report/ and returns the main table (Markdown).
 
     Args:
         run_dir: the runs (see the module docstring).
         split: "test" or "val".
         wise_method: the method whose WISE figures are shown (default: pkd when present, else the last).
+        teamnet: TEAM-Net's IC runs, laid out as RUN_DIR's: a section of their own, and their
+            early-exit curves on the trade-off plot.
     """
     run_dir = Path(run_dir)
     methods = find_methods(run_dir)
-    by_name = {m.name: m for m in methods}
-    if wise_method is not None and wise_method not in by_name:
-        raise FileNotFoundError(f"{run_dir}: no method {wise_method!r}; found {', '.join(by_name)}")
-    chosen = by_name.get(wise_method or "pkd", methods[-1])
+    chosen = _chosen(run_dir, methods, wise_method)
+    team = find_methods(teamnet) if teamnet else []
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     plot_ic_accuracy(methods, split, out / "ic_accuracy.png")
     plot_wise(chosen, split, out / "wise.png")
-    plot_tradeoff(methods, chosen, split, out / "tradeoff.png")
+    plot_tradeoff(methods, chosen, split, out / "tradeoff.png", teamnet=team)
+    team_section = teamnet_lines(Path(teamnet), team, _chosen(Path(teamnet), team, wise_method), split) if team else []
     table = main_table(methods, chosen, split)
     comparisons = run_comparisons(methods, chosen, split)
     seeds = sorted({s for m in methods for s in m.seeds})
     first = next(iter(chosen.seeds.values()))
-    final_w = mean_std(np.array([[r["final_weights"][e] for e in EXIT_NAMES] for r in chosen.seeds.values()]))
+    final_w = mean_std(np.array([[r["final_weights"][e] for e in chosen.exits] for r in chosen.seeds.values()]))
     taus, acc, macs = early_exit_curve(chosen, split, WISE)
     scale, unit = macs_unit(macs.max())
     sweep_rows = [[f"{t:.10g}", _pm(*mean_std(acc[:, i])), f"{macs[:, i].mean() / scale:.3f}"] for i, t in enumerate(taus)]
@@ -202,8 +240,10 @@ def write_report(run_dir: str | Path, *, split: str = "test", wise_method: str |
         "## Internal classifiers", "", "![per-IC accuracy](ic_accuracy.png)", "",
         "## WISE and its ablations", "", "![WISE](wise.png)", "",
         f"Weights of the last exit's vector w^(12) in `{chosen.name}` (CoViAR's fusion uses 1 : 1 : 2 on R4, MV4, I4):",
-        "", markdown_table(list(EXIT_NAMES), [[_pm(mu, sd, scale=1, digits=2) for mu, sd in zip(*final_w, strict=True)]]), "",
+        "", markdown_table(chosen.exits, [[_pm(mu, sd, scale=1, digits=2) for mu, sd in zip(*final_w, strict=True)]]),
+        "",
         *(["## Flatness", "", *flatness] if flatness else []),
+        *(["## TEAM-Net", "", *team_section] if team_section else []),
         "## Accuracy against cost", "", "![trade-off](tradeoff.png)", "",
         f"The cost axis is {unit} per video, measured. The released code's plots put a total over all test "
         "videos (and, for UCF-101, its three splits) on theirs: multiply ours by the number of test videos to "

@@ -34,8 +34,13 @@ class Method:
     seeds: dict[str, dict[str, Any]]
     dirs: dict[str, Path]  # seed name -> the method's folder of that seed
 
+    @property
+    def exits(self) -> list[str]:
+        """The exits' names, in order (R1..I4, or TEAM-Net's T1..T4)."""
+        return next(iter(self.seeds.values()))["exits"]
+
     def per_exit(self, split: str, variant: str) -> np.ndarray:
-        """(seeds, 12) per-exit accuracy of a variant at the default segment counts."""
+        """(seeds, exits) per-exit accuracy of a variant at the default segment counts."""
         return np.array([r["accuracy"][split][variant] for r in self.seeds.values()])
 
 
@@ -107,4 +112,5 @@ def early_exit_curve(method: Method, split: str, variant: str, segments: Mapping
 
 
 def segments_label(segments: Mapping[str, int]) -> str:
-    return "/".join(str(segments[m]) for m in ORDER)
+    """R/MV/I segment counts as "3/3/3" (TEAM-Net's one count as itself)."""
+    return "/".join(str(segments[m]) for m in ORDER if m in segments) or "/".join(map(str, segments.values()))

@@ -1,13 +1,14 @@
 """WISE (Weighted Inference with Scaled Ensemble), its ablations, early exit and cost.
 
 The 12 exits are ordered R1..R4, MV1..MV4, I1..I4 (cheapest network first, REFERENCE.md
-section 1). Exit k scores a video with `s_k = sum_{j<=k} w_j^(k) z_j` over the raw
-segment-averaged logits z_j of every exit up to k, earlier networks included. Exit R1
-answers with its raw logits (w^(0) = 1); every later w^(k) is fit on the training split's
-logits by full-batch SGD (lr 0.1, 500 iterations, from ones) on
+section 1); a TEAM-Net method folder has four, T1..T3 (its shared ICs) and T4 (its
+output). Exit k scores a video with `s_k = sum_{j<=k} w_j^(k) z_j` over the raw
+segment-averaged logits z_j of every exit up to k, earlier networks included. The first
+exit answers with its raw logits (w^(0) = 1); every later w^(k) is fit on the training
+split's logits by full-batch SGD (lr 0.1, 500 iterations, from ones) on
 `CE(s_k, y) + alpha * |w^(k)|_1`, alpha 0 for the first `unpenalised` vectors (the
-authors: five, up to the one ending at MV1). Ablations: "no_scaling" (all weights 1, the sum divided by k) and "no_lateral"
-(each exit alone, s_k = z_k).
+authors: five, up to the one ending at MV1). Ablations: "no_scaling" (all weights 1, the
+sum divided by k) and "no_lateral" (each exit alone, s_k = z_k).
 
 Early exit: a video leaves at the first exit whose max softmax(s_k) reaches tau (tau = 1.0:
 never early; the last exit always answers). Its cost is the MACs of everything it ran:
@@ -18,7 +19,7 @@ The weighted sums themselves (k x K multiply-adds) are left out: under 1e-4 of a
 CoViAR's fusion (2 I + 1 MV + 1 R on final logits) runs the three backbones without ICs.
 
 `cvtrain wise METHOD` reads METHOD/logits (`cvtrain logits`) and writes METHOD/wise/:
-weights.npz (the 12 x 12 lower-triangular W, row k = w^(k)) and results.json (per-exit
+weights.npz (the E x E lower-triangular W, row k = w^(k)) and results.json (per-exit
 accuracy of each variant, the early-exit sweep over tau and segment counts, fusion).
 """
 
@@ -39,11 +40,19 @@ import torch.nn.functional as F
 from trainer.analysis.evaluate import DEFAULT_FUSION_WEIGHTS, find_runs, fuse
 from trainer.analysis.logits import COSTS, LOGITS, load_logits
 from trainer.config import Config, ConfigError, WiseConfig, load_config
+from trainer.models.build import TEAMNET
 from trainer.models.exits import EXITS, ExitCosts
 
-ORDER = ("residual", "mv", "iframe")  # cheapest network first
-SHORT = {"residual": "R", "mv": "MV", "iframe": "I"}
-EXIT_NAMES = tuple(f"{SHORT[m]}{j}" for m in ORDER for j in range(1, len(EXITS) + 1))
+ORDER = ("residual", "mv", "iframe")  # the CoViAR networks, cheapest first
+SHORT = {"residual": "R", "mv": "MV", "iframe": "I", TEAMNET: "T"}
+
+
+def exit_names(networks: Sequence[str]) -> tuple[str, ...]:
+    """R1..R4, MV1..MV4, I1..I4 for the CoViAR networks; T1..T4 for TEAM-Net."""
+    return tuple(f"{SHORT[n]}{j}" for n in networks for j in range(1, len(EXITS) + 1))
+
+
+EXIT_NAMES = exit_names(ORDER)
 VARIANTS = ("wise", "no_scaling", "no_lateral")
 WISE = "wise"
 
@@ -67,7 +76,8 @@ def _one_thread() -> Iterator[None]:
 def fit_vector(z: np.ndarray, labels: np.ndarray, *, alpha: float, lr: float = 0.1, iterations: int = 500,
                clip_negative: bool = False) -> np.ndarray:
     """One weight vector over the exits of z (N, k, K): full-batch SGD from ones on
-    CE(sum_j w_j z_j, y) + alpha * |w|_1, in float64."""
+    CE(sum_j w_j z_j, y) + alpha * |w|_1, in float64; with `clip_negative` the negative
+    weights are set to zero once, after fitting (the authors' TEAM-Net variant)."""
     zt = torch.from_numpy(np.asarray(z, dtype=np.float64))
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     w = torch.ones(zt.shape[1], dtype=torch.float64, requires_grad=True)
@@ -77,10 +87,8 @@ def fit_vector(z: np.ndarray, labels: np.ndarray, *, alpha: float, lr: float = 0
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if clip_negative:
-            with torch.no_grad():
-                w.clamp_(min=0)
-    return w.detach().numpy()
+    fitted = w.detach().numpy()
+    return fitted.clip(min=0) if clip_negative else fitted
 
 
 def fit_wise(z: np.ndarray, labels: np.ndarray, cfg: WiseConfig) -> np.ndarray:
@@ -116,14 +124,15 @@ def combine(z: np.ndarray, weights: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------- early exit, cost
 
 
-def exit_costs(costs: Mapping[str, Mapping[str, Any]], segments: Mapping[str, int]) -> np.ndarray:
-    """Cumulative MACs per video of leaving at each of the 12 exits, with `segments`
-    segments per video for each network (see the module docstring)."""
+def exit_costs(costs: Mapping[str, Mapping[str, Any]], segments: Mapping[str, int],
+               networks: Sequence[str] = ORDER) -> np.ndarray:
+    """Cumulative MACs per video of leaving at each exit of `networks` in order, with
+    `segments` segments per video for each network (see the module docstring)."""
     out, before = [], 0
-    for modality in ORDER:
-        c = ExitCosts(tuple(costs[modality]["stages"]), tuple(costs[modality]["heads"]))
-        out += [before + segments[modality] * c.to_exit(j) for j in range(len(EXITS))]
-        before += segments[modality] * c.to_exit(len(EXITS) - 1)
+    for n in networks:
+        c = ExitCosts(tuple(costs[n]["stages"]), tuple(costs[n]["heads"]), costs[n].get("first_ic_after", 1))
+        out += [before + segments[n] * c.to_exit(j) for j in range(len(EXITS))]
+        before += segments[n] * c.to_exit(len(EXITS) - 1)
     return np.array(out, dtype=np.float64)
 
 
@@ -164,13 +173,23 @@ def accuracy_per_exit(scores: np.ndarray, labels: np.ndarray) -> list[float]:
 # ------------------------------------------------------------------------------ the run
 
 
+def networks_of(method_dir: Path) -> tuple[str, ...]:
+    """The networks whose exits a method folder's WISE combines: the three CoViAR ones,
+    cheapest first, or TEAM-Net alone."""
+    found = set(find_runs(method_dir))
+    if found == {TEAMNET}:
+        return (TEAMNET,)
+    missing = [m for m in ORDER if m not in found]
+    if missing or found - set(ORDER):
+        raise FileNotFoundError(f"{method_dir}: IC runs of {', '.join(sorted(found))}; WISE needs the three "
+                                f"CoViAR networks (missing: {', '.join(missing) or 'none'}) or one TEAM-Net")
+    return ORDER
+
+
 def wise_config(method_dir: Path, overrides: Sequence[str] = ()) -> tuple[WiseConfig, dict[str, Config]]:
     """The [wise] section the method folder's runs agree on (after `overrides`), and each run's config."""
     configs = {m: load_config(run / "config.toml", overrides) for m, run in find_runs(method_dir).items()}
-    missing = [m for m in ORDER if m not in configs]
-    if missing:
-        raise FileNotFoundError(f"{method_dir}: no IC run of {', '.join(missing)}; WISE needs all three networks")
-    first, *rest = ORDER
+    first, *rest = networks_of(method_dir)
     for m in rest:
         if configs[m].wise != configs[first].wise:
             a, b = dataclasses.asdict(configs[first].wise), dataclasses.asdict(configs[m].wise)
@@ -180,16 +199,17 @@ def wise_config(method_dir: Path, overrides: Sequence[str] = ()) -> tuple[WiseCo
     return configs[first].wise, configs
 
 
-def stack_logits(method_dir: Path, split: str, segments: Mapping[str, int]
+def stack_logits(method_dir: Path, split: str, segments: Mapping[str, int], networks: Sequence[str] = ORDER
                  ) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
-    """(z (N, 12, K), labels, final logits per modality, ids) of a split, rows aligned by id."""
-    parts = {m: load_logits(method_dir, m, split, segments[m]) for m in ORDER}
-    ref = parts[ORDER[0]]
-    for m in ORDER[1:]:
+    """(z (N, 4 per network, K), labels, final logits per network, ids) of a split, rows aligned by id."""
+    parts = {m: load_logits(method_dir, m, split, segments[m]) for m in networks}
+    first = networks[0]
+    ref = parts[first]
+    for m in networks[1:]:
         if not np.array_equal(parts[m]["ids"], ref["ids"]) or not np.array_equal(parts[m]["labels"], ref["labels"]):
-            raise ValueError(f"{method_dir}: the {ORDER[0]} and {m} logits of {split} hold different videos or labels")
-    z = np.concatenate([parts[m]["logits"] for m in ORDER], 1).astype(np.float64)
-    return z, ref["labels"], {m: parts[m]["logits"][:, -1] for m in ORDER}, ref["ids"]
+            raise ValueError(f"{method_dir}: the {first} and {m} logits of {split} hold different videos or labels")
+    z = np.concatenate([parts[m]["logits"] for m in networks], 1).astype(np.float64)
+    return z, ref["labels"], {m: parts[m]["logits"][:, -1] for m in networks}, ref["ids"]
 
 
 def _available_segments(method_dir: Path, modality: str, split: str) -> list[int]:
@@ -199,40 +219,45 @@ def _available_segments(method_dir: Path, modality: str, split: str) -> list[int
 
 def run_wise(method_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Fits WISE on the training logits of `method_dir`, evaluates the variants, the
-    early-exit sweep and CoViAR's fusion on val and test; writes METHOD/wise/."""
+    early-exit sweep and (for the CoViAR networks) CoViAR's fusion on val and test;
+    writes METHOD/wise/."""
     method_dir = Path(method_dir)
     cfg, configs = wise_config(method_dir, overrides)
-    default = {m: configs[m].data.eval_segments for m in ORDER}
+    networks = networks_of(method_dir)
+    names = exit_names(networks)
+    default = {m: configs[m].data.eval_segments for m in networks}
     costs = json.loads((method_dir / LOGITS / COSTS).read_text())
-    z_train, y_train, _, _ = stack_logits(method_dir, "train", default)
+    z_train, y_train, _, _ = stack_logits(method_dir, "train", default, networks)
     fitted = fit_wise(z_train, y_train, cfg)
     out: dict[str, Any] = {
-        "exits": list(EXIT_NAMES), "default_segments": default, "config": dataclasses.asdict(cfg),
-        "weights": fitted.tolist(), "final_weights": dict(zip(EXIT_NAMES, fitted[-1].tolist(), strict=True)),
-        "exit_costs": exit_costs(costs, default).tolist(), "fusion_weights": dict(DEFAULT_FUSION_WEIGHTS),
+        "networks": list(networks), "exits": list(names), "default_segments": default,
+        "config": dataclasses.asdict(cfg), "weights": fitted.tolist(),
+        "final_weights": dict(zip(names, fitted[-1].tolist(), strict=True)),
+        "exit_costs": exit_costs(costs, default, networks).tolist(), "fusion_weights": dict(DEFAULT_FUSION_WEIGHTS),
         "accuracy": {}, "sweep": {}, "fusion": {},
     }
     out["accuracy"]["train"] = {v: accuracy_per_exit(combine(z_train, variant_weights(v, fitted)), y_train)
                                 for v in VARIANTS}
     for split in ("val", "test"):
-        available = {m: _available_segments(method_dir, m, split) for m in ORDER}
+        available = {m: _available_segments(method_dir, m, split) for m in networks}
         sweep, fusion = [], []
-        for counts in itertools.product(*(available[m] for m in ORDER)):
-            segments = dict(zip(ORDER, counts, strict=True))
-            z, y, finals, _ = stack_logits(method_dir, split, segments)
-            cumulative = exit_costs(costs, segments)
+        for counts in itertools.product(*(available[m] for m in networks)):
+            segments = dict(zip(networks, counts, strict=True))
+            z, y, finals, _ = stack_logits(method_dir, split, segments, networks)
+            cumulative = exit_costs(costs, segments, networks)
             for v in VARIANTS:
                 s = combine(z, variant_weights(v, fitted))
                 if segments == default:
                     out["accuracy"].setdefault(split, {})[v] = accuracy_per_exit(s, y)
                 sweep += [{"variant": v, "segments": segments, **early_exit(s, y, cumulative, tau)} for tau in cfg.taus]
-            fused = fuse(finals, DEFAULT_FUSION_WEIGHTS)
-            fusion.append({"segments": segments, "accuracy": float((fused.argmax(-1) == y).mean()),
-                           "macs": fusion_cost(costs, segments)})
+            if networks == ORDER:  # TEAM-Net's own fusion of its streams is its last exit
+                fused = fuse(finals, DEFAULT_FUSION_WEIGHTS)
+                fusion.append({"segments": segments, "accuracy": float((fused.argmax(-1) == y).mean()),
+                               "macs": fusion_cost(costs, segments)})
         out["sweep"][split], out["fusion"][split] = sweep, fusion
     wise_dir = method_dir / "wise"
     wise_dir.mkdir(exist_ok=True)
-    np.savez(wise_dir / "weights.npz", weights=fitted, exits=np.array(EXIT_NAMES))
+    np.savez(wise_dir / "weights.npz", weights=fitted, exits=np.array(names))
     (wise_dir / "results.json").write_text(json.dumps(out, indent=1) + "\n")
     return out
 
@@ -246,9 +271,9 @@ def format_results(results: Mapping[str, Any], split: str = "test") -> str:
         lines.append(f"  {name:19}" + " ".join(f"{acc[v][k]:10.2%}" for v in VARIANTS)
                      + f" {results['exit_costs'][k] / 1e9:8.3f}")
     default = results["default_segments"]
-    (fusion,) = [f for f in results["fusion"][split] if f["segments"] == default]
-    lines.append(f"fusion 2:1:1 (R/MV/I segments {default['residual']}/{default['mv']}/{default['iframe']}): "
-                 f"{fusion['accuracy']:.2%} at {fusion['macs'] / 1e9:.3f} GMACs")
+    for fusion in [f for f in results["fusion"][split] if f["segments"] == default]:
+        lines.append(f"fusion 2:1:1 (R/MV/I segments {default['residual']}/{default['mv']}/{default['iframe']}): "
+                     f"{fusion['accuracy']:.2%} at {fusion['macs'] / 1e9:.3f} GMACs")
     for p in results["sweep"][split]:
         if p["variant"] == WISE and p["segments"] == default:
             lines.append(f"WISE early exit tau {p['tau']:<10.10g} {p['accuracy']:7.2%} at {p['macs'] / 1e9:.3f} GMACs")
