@@ -85,13 +85,17 @@ echo "-- test"
 cvtrain eval "$out/backbones" --set run.progress=false | tee "$out/backbones.txt"
 if [ "$quick" = 0 ]; then
   echo "-- two more training seeds of each network (their flatness is measured over seeds)"
+  # The two seeds side by side, one thread each: on 2 cores faster than one after the other.
+  pids=()
   for seed in 1 2; do
     for modality in mv residual iframe; do
-      cvtrain fit --config tiny_synth --set "data.root=$data/shards" --set model.modality=$modality \
+      OMP_NUM_THREADS=1 cvtrain fit --config tiny_synth --set "data.root=$data/shards" --set model.modality=$modality \
           --set run.seed=$seed --set "run.dir=$out/backbones/seeds/seed$seed/{modality}" --set run.progress=false \
           | tail -n 1
-    done
+    done &
+    pids+=($!)
   done
+  for pid in "${pids[@]}"; do wait "$pid"; done  # a failed fit fails the job
 fi
 
 step "5. TEAM-Net's shared internal classifiers (CE, PKD), their logits and WISE"

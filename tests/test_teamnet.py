@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import trainer
-from trainer.config import ConfigError, from_dict, load_config
+from trainer.config import ConfigError, from_dict, load_config, save_config
 from trainer.data.contract import INPUT_CHANNELS, MODALITIES
 from trainer.data.tensors import TensorData
 from trainer.models.build import attach_ics, build_network, network_args
@@ -184,13 +184,7 @@ def test_frozen_teamnet_stays_bit_identical_while_the_shared_ics_train(tmp_path,
         assert torch.equal(last["model"][f"net.{key}"], value), key
     trained = [k for k in last["model"] if k.startswith("ics.")]
     assert trained and any(not torch.equal(last["model"][k], torch.zeros_like(last["model"][k])) for k in trained)
-    # The run's validation equals one process scoring its saved ICs.
-    model = load_ic_run(tmp_path / "ic", which="last")
-    data = TensorData(cfg, rank=0, world_size=1, modalities=MODALITIES)
-    (ev,) = evaluate_exits(model.net, [model.ics], data.eval_batches("val"), CLASSES, dist=CPU, expected=5,
-                           show=False)
-    for name in ("ic1", "ic2", "ic3", "fc"):
-        assert history[-1][f"val_{name}_top1"] == ev.summaries[name]["top1"]
+    assert_validation_is_one_process_scoring_the_run(tmp_path / "ic", history)
 
 
 def test_each_epoch_distils_from_the_scheduled_head(tmp_path, teamnet_run):
@@ -269,40 +263,10 @@ def test_bundled_tiny_teamnet_configs_follow_the_tiny_networks():
 def test_fit_and_ic_under_torchrun(tmp_path):
     """Two gloo ranks with uneven videos: TEAM-Net trains, then its shared ICs; the frozen
     network stays bit-identical and the ICs' last validation equals one process scoring them."""
-    base = f"""
-[model]
-modality = "iframe"
-backbone = "teamnet"
-width = {WIDTH}
-[team.arch]
-iframe = "resnet50"
-mv = "resnet18"
-residual = "resnet18"
-[data]
-source = "tensors"
-input_size = {SIZE}
-num_segments = {SEGMENTS}
-eval_segments = {SEGMENTS}
-[data.tensors]
-num_classes = {CLASSES}
-train_videos = 13
-val_videos = 5
-[optim]
-lr = 1e-2
-epochs = 2
-batch_size = 4
-"""
-    (tmp_path / "fit.toml").write_text(base + f'[run]\ndir = "{tmp_path}/fit"\ndevice = "cpu"\nprogress = false\n')
-    (tmp_path / "ic.toml").write_text(base + f"""[ic]
-method = "pkd"
-backbones = "{tmp_path}/fit/best.pt"
-teachers = ["mv", "iframe"]
-teacher_epochs = [1]
-[run]
-dir = "{tmp_path}/ic"
-device = "cpu"
-progress = false
-""")
+    save_config(config(tmp_path / "fit", "data.tensors.train_videos=13"), tmp_path / "fit.toml")
+    save_config(config(tmp_path / "ic", "data.tensors.train_videos=13",
+                       ic={**PKD, "teachers": ["mv", "iframe"], "teacher_epochs": [1],
+                           "backbones": str(tmp_path / "fit" / "best.pt")}), tmp_path / "ic.toml")
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")]))}
     for command in ("fit", "ic"):
@@ -317,8 +281,13 @@ progress = false
     assert len(last["rng"]) == 2
     for key, value in fitted.items():
         assert torch.equal(last["model"][f"net.{key}"], value), key
-    cfg = load_config(tmp_path / "ic" / "config.toml")
-    model = load_ic_run(tmp_path / "ic", which="last")
+    assert_validation_is_one_process_scoring_the_run(tmp_path / "ic", history)
+
+
+def assert_validation_is_one_process_scoring_the_run(run: Path, history: list[dict]) -> None:
+    """The run's last validation equals one process scoring its saved ICs (last.pt)."""
+    cfg = load_config(run / "config.toml")
+    model = load_ic_run(run, which="last")
     data = TensorData(cfg, rank=0, world_size=1, modalities=MODALITIES)
     (ev,) = evaluate_exits(model.net, [model.ics], data.eval_batches("val"), CLASSES, dist=CPU, expected=5,
                            show=False)

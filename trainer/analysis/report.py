@@ -93,7 +93,8 @@ def conclusions(comparisons: Sequence[Comparison], wise_method: Method, split: s
             out.append(f"{c.name}: {c.interval.text()} points ({seeds} x {c.interval.videos} "
                        f"videos): {_verdict(c.interval, f'{c.method} is ahead', f'{c.method} is behind')}. Per IC, "
                        f"{c.method} is ahead on {ahead} of {len(per_ic)} and behind on {behind} with intervals "
-                       f"excluding zero; the other {len(per_ic) - ahead - behind} are undecided.")
+                       f"excluding zero; the other {len(per_ic) - ahead - behind} "
+                       f"{'is' if len(per_ic) - ahead - behind == 1 else 'are'} undecided.")
         elif c.kind == "best_single" or (c.kind == "no_scaling" and c.exit == POOLED):
             out.append(f"{c.name}: {c.interval.text()} points: {_verdict(c.interval, 'WISE is ahead', 'WISE is behind')}.")
     name, reference, cost = reference_point(wise_method, split)
