@@ -114,7 +114,7 @@ def plot_tradeoff(methods: Sequence[Method], method: Method, split: str, path: P
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # off the curves
     team = f"; TEAM-Net dashed, {len(teamnet[0].seeds)} seeds" if teamnet else ""
     ax.set_title(f"early exit (faint points: {method.name} WISE at other segment counts), segments R/MV/I "
-                 f"{segments_label(first['default_segments'])}; mean ± std over {len(method.seeds)} seeds{team}")
+                 f"{segments_label(first['default_segments'])};\nmean ± std over {len(method.seeds)} seeds{team}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
