@@ -69,11 +69,12 @@ class ICNet(nn.Module):
         self.net.eval()  # the backbone stays in eval mode whatever the ICs do
         return self
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (B, S, C, H, W) -> (B, 4, K) segment-averaged logits of IC1..IC3 and fc."""
+    def forward(self, x: Tensor | dict[str, Tensor]) -> Tensor:
+        """x: (B, S, C, H, W), or TEAM-Net's modality -> (B, S, C, H, W) -> (B, 4, K)
+        segment-averaged logits of IC1..IC3 and the network's own output."""
         exits = self.net.forward_exits(x)
-        final = exits.logits.unflatten(0, x.shape[:2]).mean(1)  # (B, K)
-        return torch.cat([self.ics(exits, x.shape[1]), final.unsqueeze(1)], 1)
+        segments = (x if isinstance(x, Tensor) else next(iter(x.values()))).shape[1]
+        return torch.cat([self.ics(exits, segments), self.net.final_logits(exits, segments).unsqueeze(1)], 1)
 
     def exit_costs(self, input_size: int) -> ExitCosts:
         """Measured MACs per segment at `input_size` x `input_size` (FlopCounterMode on

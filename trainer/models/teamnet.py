@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from trainer.data.contract import INPUT_CHANNELS, MODALITIES, Batch
-from trainer.models.exits import ExitCosts, freeze
+from trainer.models.exits import ExitCosts, ICNet
 from trainer.models.networks import ModalityNet, count_macs
 from trainer.models.resnet import ARCHS
 
@@ -227,29 +227,14 @@ class SharedICs(nn.Module):
         return torch.stack(logits, 1).mean(2)
 
 
-class TeamICNet(nn.Module):
-    """A trained TEAM-Net (frozen) with its shared ICs: four exits, IC1..IC3 and the fused output.
+class TeamICNet(ICNet):
+    """A trained TEAM-Net (frozen) with its shared ICs: four exits, IC1..IC3 and the fused
+    output (trainer.models.exits.ICNet's forward and freezing; its own cost measurement).
 
     Args:
         net: the trained TEAM-Net; it is frozen here.
         ics: the shared internal classifiers (what trains).
     """
-
-    def __init__(self, net: TeamNet, ics: SharedICs) -> None:
-        super().__init__()
-        self.net = freeze(net)
-        self.ics = ics
-
-    def train(self, mode: bool = True) -> TeamICNet:
-        super().train(mode)
-        self.net.eval()  # the backbone stays in eval mode whatever the ICs do
-        return self
-
-    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
-        """inputs: modality -> (B, S, C, H, W) -> (B, 4, K) logits of IC1..IC3 and the fused output."""
-        exits = self.net.forward_exits(inputs)
-        segments = inputs[MODALITIES[0]].shape[1]
-        return torch.cat([self.ics(exits, segments), self.net.final_logits(exits, segments).unsqueeze(1)], 1)
 
     def exit_costs(self, input_size: int) -> ExitCosts:
         """Measured MACs of one segment at `input_size`: stages (the three stems with their
